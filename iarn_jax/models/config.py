@@ -1,0 +1,65 @@
+"""Model configuration shared by every IARN variant."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+VARIANTS = ("iarn", "tagm", "lstm", "rnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Hyper-parameters of the two-tower recurrent model.
+
+    variant: "iarn" (interacting gate), "tagm" (gate from own side only),
+      "lstm" (no gate, LSTM backbone), "rnn" (no gate, softplus RNN backbone).
+    n_users / n_items: sizes of the id embedding tables.
+    embed_dim: D, step input size (paper: 25 MovieLens/Netflix, 50 Amazon).
+    hidden_size: H of the gated recurrent layer and the head.
+    attention_size: A of each direction of the attention bi-RNN.
+    dropout: one rate, applied where the reference code applies it (attention
+      bi-RNN outputs and the final recurrent state).
+    gate_logit_scale: w in a_t = sigmoid(w * (v^T tanh(...) + c)) (reference: 2).
+    summary_scale: s multiplying the other side's summary (reference: 0.25).
+    softplus_beta: beta of the attention bi-RNN's softplus cell (reference: 5).
+    use_rating_input: append each step's rating (centred) to the step input.
+    bias: "none" (reference default), "user_item" or "global_user_item".
+    torch_init: Torch-style U(-1/sqrt(fan_in), 1/sqrt(fan_in)) weights and biases.
+    feature_encoder: None (IARN-Plain) or the name of an encoder (seam for the
+      feature-encoder issue).
+    compute_dtype: "float32" or "bfloat16" for matmuls (parameters stay fp32).
+    """
+
+    variant: str = "iarn"
+    n_users: int = 1
+    n_items: int = 1
+    embed_dim: int = 25
+    hidden_size: int = 64
+    attention_size: int = 64
+    dropout: float = 0.0
+    gate_logit_scale: float = 2.0
+    summary_scale: float = 0.25
+    softplus_beta: float = 5.0
+    use_rating_input: bool = False
+    rating_center: float = 3.0
+    bias: str = "none"
+    global_mean: float = 0.0
+    torch_init: bool = True
+    feature_encoder: Optional[str] = None
+    compute_dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown model variant {self.variant!r}; choose one of {VARIANTS}")
+        if self.bias not in ("none", "user_item", "global_user_item"):
+            raise ValueError(f"unknown bias setting {self.bias!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def gated(self) -> bool:
+        return self.variant in ("iarn", "tagm")
+
+    @property
+    def interacting(self) -> bool:
+        return self.variant == "iarn"
