@@ -1,0 +1,161 @@
+"""Attention of one tower: the masked bi-directional context RNN and the (interacting) attention gate.
+
+Shapes: ``b`` batch, ``t`` time, ``d`` step-input size, ``A`` attention size per direction,
+``K`` width of the gate's fusion layer (4A for IARN, 2A for TAGM).
+
+Context bi-RNN (reference notes 2.2): two vanilla RNNs with separate weights,
+``g_t = softplus_beta(W x_t + b_W + U g_{t±1} + b_U)``, beta = 5, initial state 0, masked so padded
+steps never change the state. Each direction's outputs are dropped out (the recurrence uses the
+state before dropout). Context ``s_t = [fwd_t ; bwd_t]`` [b, t, 2A]; summary
+``S = [fwd_{T} ; bwd_1]`` [b, 2A], taken from the dropped-out outputs (same dropout mask as those
+steps), T = the sequence's last valid step. Empty sequences have S = 0.
+
+Gate (reference notes 2.3):
+  IARN: a_t = sigmoid(w * (v^T tanh(M [s_t ; s S_other] + b) + c)),  M: Linear(4A -> 4A)
+  TAGM: a_t = sigmoid(w * (v^T tanh(M s_t + b) + c)),                M: Linear(2A -> 2A)
+with w = gate_logit_scale (2) and s = summary_scale (0.25). M is one kernel [K_in, K]; for IARN its
+rows split into M1 (context part, first 2A rows) and M2 (summary part, last 2A rows), so that
+``M1 s_t + b`` is one matmul for all steps (:meth:`AttentionGate.project_context`) and
+``s * M2 S_other`` is computed once per example (:meth:`AttentionGate.project_summary`).
+Gates are exactly 0 on padded steps.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from iarn_jax.models.initializers import bias_init, kernel_init, matmul, resolve_dtype
+from iarn_jax.models.recurrence import masked_rnn_scan, softplus_beta
+
+
+def last_valid(values: jax.Array, mask: jax.Array) -> jax.Array:
+    """values [b, t, f] at each sequence's last valid step -> [b, f] (zeros for empty sequences)."""
+    lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
+    index = jnp.maximum(lengths - 1, 0)
+    picked = jnp.take_along_axis(values, index[:, None, None], axis=1)[:, 0]
+    return jnp.where((lengths > 0)[:, None], picked, 0.0)
+
+
+def attention_gates(
+    context_proj: jax.Array,  # [..., t, K]: M1 s_t + b
+    summary_proj: Optional[jax.Array],  # [..., K]: s * M2 S_other, or None (TAGM)
+    mask: jax.Array,  # [..., t] bool
+    score_kernel: jax.Array,  # [K, 1]: v
+    score_bias: jax.Array,  # [1]: c
+    logit_scale: float,
+    compute_dtype=jnp.float32,
+) -> jax.Array:
+    """a_t = sigmoid(w * (v^T tanh(context_proj_t + summary_proj) + c)), exactly 0 on padding.
+
+    Leading dims broadcast (e.g. one user's context [1, t, K] against C items' summaries [C, K]).
+    """
+    fused = context_proj
+    if summary_proj is not None:
+        fused = fused + summary_proj[..., None, :]
+    logits = matmul(jnp.tanh(fused), score_kernel, compute_dtype)[..., 0] + score_bias[0]
+    gates = jax.nn.sigmoid(logit_scale * logits)
+    return jnp.where(mask, gates, 0.0)
+
+
+class AttentionBiRNN(nn.Module):
+    """Masked bi-directional softplus RNN giving per-step context and the sequence summary.
+
+    Parameters per direction (``forward_*`` / ``backward_*``): ``input_kernel`` [d, A],
+    ``input_bias`` [A], ``recurrent_kernel`` [A, A], ``recurrent_bias`` [A].
+    """
+
+    input_dim: int
+    attention_size: int
+    softplus_beta: float = 5.0
+    dropout: float = 0.0
+    torch_init: bool = True
+    compute_dtype: str = "float32"
+
+    def setup(self):
+        d, a = self.input_dim, self.attention_size
+        params = {}
+        for direction in ("forward", "backward"):
+            params[direction] = (
+                self.param(f"{direction}_input_kernel", kernel_init(d, self.torch_init), (d, a)),
+                self.param(f"{direction}_input_bias", bias_init(d, self.torch_init), (a,)),
+                self.param(f"{direction}_recurrent_kernel", kernel_init(a, self.torch_init), (a, a)),
+                self.param(f"{direction}_recurrent_bias", bias_init(a, self.torch_init), (a,)),
+            )
+        self.direction_params = params
+        self.output_dropout = nn.Dropout(self.dropout)
+
+    def __call__(
+        self, x: jax.Array, mask: jax.Array, *, deterministic: bool = True
+    ) -> tuple[jax.Array, jax.Array]:
+        """x [b, t, d], mask [b, t] -> (context [b, t, 2A], summary [b, 2A])."""
+        dtype = resolve_dtype(self.compute_dtype)
+        activation = lambda z: softplus_beta(z, self.softplus_beta)  # noqa: E731
+        outputs = []
+        for direction in ("forward", "backward"):
+            w_in, b_in, w_rec, b_rec = self.direction_params[direction]
+            proj = matmul(x, w_in, dtype) + (b_in + b_rec)  # hoisted out of the scan
+            out, _ = masked_rnn_scan(
+                proj, mask, w_rec, activation=activation, reverse=direction == "backward",
+                compute_dtype=dtype,
+            )
+            outputs.append(out)
+        context = jnp.concatenate(outputs, axis=-1)  # [b, t, 2A], zeros on padding
+        # Dropout on the outputs only (per step, per unit, not variational), as the reference.
+        context = self.output_dropout(context, deterministic=deterministic or self.dropout == 0.0)
+        a = self.attention_size
+        summary = jnp.concatenate(
+            [last_valid(context[..., :a], mask), context[:, 0, a:]], axis=-1
+        )  # [fwd at last valid step ; bwd at step 1]
+        return context, summary
+
+
+class AttentionGate(nn.Module):
+    """The attention MLP of one tower (IARN: interacting; TAGM: own context only).
+
+    Parameters: ``fusion_kernel`` [K_in, K] (K_in = K = 4A for IARN, 2A for TAGM; Torch fan-in K_in),
+    ``fusion_bias`` [K], ``score_kernel`` [K, 1], ``score_bias`` [1].
+    """
+
+    context_dim: int  # 2A
+    interacting: bool = True
+    gate_logit_scale: float = 2.0
+    summary_scale: float = 0.25
+    torch_init: bool = True
+    compute_dtype: str = "float32"
+
+    @property
+    def width(self) -> int:
+        return self.context_dim * (2 if self.interacting else 1)
+
+    def setup(self):
+        k = self.width
+        self.fusion_kernel = self.param("fusion_kernel", kernel_init(k, self.torch_init), (k, k))
+        self.fusion_bias = self.param("fusion_bias", bias_init(k, self.torch_init), (k,))
+        self.score_kernel = self.param("score_kernel", kernel_init(k, self.torch_init), (k, 1))
+        self.score_bias = self.param("score_bias", bias_init(k, self.torch_init), (1,))
+
+    def project_context(self, context: jax.Array) -> jax.Array:
+        """context [..., t, 2A] -> M1 s_t + b [..., t, K] for all steps at once."""
+        m1 = self.fusion_kernel[: self.context_dim]
+        return matmul(context, m1, resolve_dtype(self.compute_dtype)) + self.fusion_bias
+
+    def project_summary(self, other_summary: jax.Array) -> jax.Array:
+        """The other side's summary [..., 2A] -> s * M2 S_other [..., K] (IARN only)."""
+        if not self.interacting:
+            raise ValueError("a non-interacting (TAGM) gate takes no summary")
+        m2 = self.fusion_kernel[self.context_dim :]
+        return self.summary_scale * matmul(other_summary, m2, resolve_dtype(self.compute_dtype))
+
+    def __call__(
+        self, context_proj: jax.Array, mask: jax.Array, summary_proj: Optional[jax.Array] = None
+    ) -> jax.Array:
+        """Gates [..., t] from ``project_context`` output and (IARN) ``project_summary`` output."""
+        if self.interacting and summary_proj is None:
+            raise ValueError("the interacting gate needs the other side's projected summary")
+        return attention_gates(
+            context_proj, summary_proj, mask, self.score_kernel, self.score_bias,
+            self.gate_logit_scale, resolve_dtype(self.compute_dtype),
+        )

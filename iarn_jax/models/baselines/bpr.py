@@ -1,0 +1,246 @@
+"""BPR (Rendle et al. 2009) and MostPop: ranking-only baselines.
+
+BPR scores ``x_ui = b_i + p_u . q_i`` and minimises, over training pairs (u, i)
+with a negative j drawn uniformly from the fit-data items that u has not
+interacted with in the fit data (fresh negatives every epoch, sampled on the
+host by rejection),
+
+    -log sigmoid(x_ui - x_uj) + reg (|p_u|^2 + |q_i|^2 + |q_j|^2) + reg_bias (b_i^2 + b_j^2)
+
+with Adam on shuffled mini-batches (one jit-compiled ``lax.scan`` per epoch).
+Early stopping and a small (lr, reg) grid use validation AUC: full ranking of
+up to ``val_users`` sampled validation users over the items of train ∪ val,
+minus the user's training items (``ranking.RankingTask``); the best
+early-stopped model is kept.
+
+Cold items: an item never seen in the fit data has no learned factors; with
+``unseen_last=True`` (default) it is ranked below every seen item (score =
+the row's lowest seen-item score minus 1), otherwise it scores 0.
+
+MostPop scores an item by its number of interactions in ``split.history``
+(all training-period interactions).
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from iarn_jax.data.types import ProtocolSplit
+from iarn_jax.evaluate import ranking
+from iarn_jax.models.baselines import common
+from iarn_jax.models.baselines.mf import default_factors
+
+DEFAULTS = dict(
+    lr=0.01,
+    reg=0.01,
+    reg_bias=None,  # None: same as reg
+    batch_size=1024,
+    max_epochs=40,
+    patience=3,
+    eval_every=2,
+    init_std=0.1,
+    optimizer="adam",
+    val_users=500,
+)
+
+
+def sample_negatives(
+    users: np.ndarray, item_pool: np.ndarray, user_item_keys: np.ndarray, n_items: int, rng: np.random.Generator, rounds: int = 20
+) -> np.ndarray:
+    """One negative per user in ``users``: uniform over ``item_pool`` minus the
+    user's items (``user_item_keys`` = sorted user * n_items + item). After
+    ``rounds`` redraws, a remaining collision keeps its last draw (vanishingly
+    rare unless a user has interacted with almost every item)."""
+    users = users.astype(np.int64)
+    negatives = item_pool[rng.integers(0, item_pool.size, users.size)]
+    for _ in range(rounds):
+        keys = users * n_items + negatives
+        pos = np.searchsorted(user_item_keys, keys)
+        collide = user_item_keys[np.minimum(pos, user_item_keys.size - 1)] == keys
+        if not collide.any():
+            break
+        negatives[collide] = item_pool[rng.integers(0, item_pool.size, int(collide.sum()))]
+    return negatives
+
+
+def init_params(n_users: int, n_items: int, factors: int, init_std: float, seed: int) -> dict:
+    key_user, key_item = jax.random.split(jax.random.PRNGKey(seed))
+    return {
+        "user_factors": init_std * jax.random.normal(key_user, (n_users, factors), jnp.float32),
+        "item_factors": init_std * jax.random.normal(key_item, (n_items, factors), jnp.float32),
+        "item_bias": jnp.zeros((n_items,), jnp.float32),
+    }
+
+
+def make_loss_fn(reg: float, reg_bias: float):
+    def loss_fn(params, batch):
+        p_u = params["user_factors"][batch["user"]]
+        q_i = params["item_factors"][batch["item"]]
+        q_j = params["item_factors"][batch["negative"]]
+        b_i = params["item_bias"][batch["item"]]
+        b_j = params["item_bias"][batch["negative"]]
+        x_uij = b_i - b_j + jnp.sum(p_u * (q_i - q_j), axis=-1)
+        penalty = reg * (jnp.sum(p_u**2, -1) + jnp.sum(q_i**2, -1) + jnp.sum(q_j**2, -1)) + reg_bias * (b_i**2 + b_j**2)
+        return common.weighted_mean(-jax.nn.log_sigmoid(x_uij) + penalty, batch["weight"])
+
+    return loss_fn
+
+
+def factor_scores(params: dict, users: np.ndarray, items: np.ndarray, item_seen: Optional[np.ndarray]) -> np.ndarray:
+    """[U, I] scores b_i + p_u . q_i; unseen items last when ``item_seen`` is given."""
+    scores = params["item_bias"][items][None, :] + params["user_factors"][users] @ params["item_factors"][items].T
+    scores = scores.astype(np.float64)
+    if item_seen is not None:
+        seen = item_seen[items]
+        if not seen.all():
+            floor = scores[:, seen].min(axis=1, keepdims=True) - 1.0 if seen.any() else np.zeros((len(users), 1))
+            scores = np.where(seen[None, :], scores, floor)
+    return scores
+
+
+class BPR:
+    """Bayesian personalised ranking with item biases (ranking only)."""
+
+    name = "BPR"
+    rates = False
+
+    def __init__(
+        self,
+        factors: Optional[int] = None,
+        *,
+        grid: Optional[Sequence[dict]] = None,
+        unseen_last: bool = True,
+        **config,
+    ):
+        unknown = set(config) - set(DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown BPR options {sorted(unknown)}")
+        self.factors = factors
+        self.config = {**DEFAULTS, **config}
+        self.grid = grid
+        self.unseen_last = unseen_last
+        self.params = None
+        self.item_seen = None
+        self.report: dict = {}
+
+    @staticmethod
+    def default_grid() -> list[dict]:
+        return common.expand_grid(lr=[0.01], reg=[0.003, 0.01, 0.03])
+
+    def _fit_config(self, config, split: ProtocolSplit, seed: int, verbose):
+        train = split.train
+        users = train["user"].to_numpy(np.int64)
+        items = train["item"].to_numpy(np.int64)
+        n_users, n_items = split.n_users, split.n_items
+        item_pool = np.unique(items)
+        keys = np.unique(users * n_items + items)
+        host_rng = np.random.default_rng(seed)
+        item_seen = common.seen_mask(items, n_items)
+
+        def data_fn(epoch):
+            return {"negative": sample_negatives(users, item_pool, keys, n_items, host_rng).astype(np.int32)}
+
+        val_score_fn = None
+        if len(split.val):
+            val_users = np.unique(split.val["user"].to_numpy(np.int64))
+            if val_users.size > config["val_users"]:
+                val_users = np.sort(np.random.default_rng(seed).choice(val_users, config["val_users"], replace=False))
+            task = ranking.RankingTask.from_frames(train, split.val, val_users)
+            seen = item_seen if self.unseen_last else None
+
+            def val_score_fn(host_params):
+                result = ranking.evaluate_task(
+                    task, score_matrix_fn=lambda u, i: factor_scores(host_params, u, i, seen), progress=False
+                )
+                return result["auc"]
+
+        reg_bias = config["reg"] if config["reg_bias"] is None else config["reg_bias"]
+        result = common.fit_early_stopping(
+            init_params(n_users, n_items, self.factors, config["init_std"], seed),
+            make_loss_fn(config["reg"], reg_bias),
+            common.make_optimizer(config["optimizer"], config["lr"]),
+            {"user": users.astype(np.int32), "item": items.astype(np.int32)},
+            val_score_fn,
+            batch_size=config["batch_size"],
+            max_epochs=config["max_epochs"],
+            patience=config["patience"],
+            eval_every=config["eval_every"],
+            seed=seed,
+            higher_is_better=True,
+            data_fn=data_fn,
+            verbose=verbose > 1,
+            label=self.name,
+        )
+        return result, item_seen
+
+    def fit(self, split: ProtocolSplit, *, seed: int = 0, verbose: bool | int = True) -> "BPR":
+        start = time.perf_counter()
+        if self.factors is None:
+            self.factors = default_factors(split)
+        grid = self.grid if self.grid is not None else self.default_grid()
+        seen_holder = {}
+
+        def fit_one(overrides):
+            result, seen_holder["seen"] = self._fit_config({**self.config, **overrides}, split, seed, verbose)
+            return result
+
+        best, result, rows = common.grid_search(
+            grid, fit_one, higher_is_better=True, verbose=bool(verbose), label=f"{self.name} grid"
+        )
+        self.params = result.params
+        self.item_seen = seen_holder["seen"]
+        self.report = {
+            "model": self.name,
+            "factors": self.factors,
+            "config": {**self.config, **best},
+            "val_auc": result.best_score,
+            "best_epoch": result.best_epoch,
+            "grid": rows,
+            "seed": seed,
+            "seconds": time.perf_counter() - start,
+        }
+        if verbose:
+            print(f"[{self.name}] chose {best} val AUC {result.best_score:.4f} ({self.report['seconds']:.1f}s)", flush=True)
+        return self
+
+    def score_matrix(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        users = np.asarray(users, dtype=np.int64)
+        items = np.asarray(items, dtype=np.int64)
+        return factor_scores(self.params, users, items, self.item_seen if self.unseen_last else None)
+
+    def score_items(self, user: int, items: np.ndarray) -> np.ndarray:
+        return self.score_matrix(np.array([user]), items)[0]
+
+    def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Pairwise scores b_i + p_u . q_i (not ratings: ``rates`` is False)."""
+        users = np.asarray(users, dtype=np.int64)
+        items = np.asarray(items, dtype=np.int64)
+        p = self.params
+        return (p["item_bias"][items] + np.sum(p["user_factors"][users] * p["item_factors"][items], -1)).astype(np.float64)
+
+
+class MostPop:
+    """Item popularity: the number of interactions in ``split.history``."""
+
+    name = "MostPop"
+    rates = False
+
+    def __init__(self):
+        self.counts = None
+
+    def fit(self, split: ProtocolSplit, *, seed: int = 0, verbose: bool = True) -> "MostPop":
+        self.counts = np.bincount(split.history["item"].to_numpy(np.int64), minlength=split.n_items).astype(np.float64)
+        return self
+
+    def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return self.counts[np.asarray(items, dtype=np.int64)]
+
+    def score_items(self, user: int, items: np.ndarray) -> np.ndarray:
+        return self.counts[np.asarray(items, dtype=np.int64)]
+
+    def score_matrix(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(self.counts[np.asarray(items, dtype=np.int64)], (len(users), len(items)))

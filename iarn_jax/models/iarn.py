@@ -1,0 +1,333 @@
+"""The IARN two-tower model and its variants (IARN, TAGM, RNN, LSTM), selected by ``ModelConfig``.
+
+Each tower (user side, item side; no shared parameters) turns its entity's history into a hidden
+state: step inputs (learned embeddings of the counterpart ids, optionally + the centred step
+rating, optionally transformed by a feature encoder) -> [attention bi-RNN -> gates] -> recurrent
+layer -> dropout -> head Dense(H -> H) + PReLU. The prediction is the inner product of the two
+towers' outputs (+ optional biases).
+
+The computation is factored so that training, evaluation and full-ranking scoring share one path:
+
+1. ``IARN.encode_user`` / ``IARN.encode_item`` depend only on one entity's own history and return a
+   :class:`SideEncoding`: the hoisted input projection of the recurrent layer, the attention
+   context projected by M1, the summary S and the summary projected by the *other* side's M2.
+   For variants whose recurrent layer does not depend on the pair (TAGM, RNN, LSTM), the recurrent
+   layer runs here too (``final_state``), so ranking costs one scan per entity.
+2. ``IARN.pair`` takes a user encoding and an item encoding whose leading dims broadcast (e.g. one
+   user ``[1, ...]`` against C candidate items ``[C, ...]``) and runs the interacting gates, the
+   gated scan (IARN only), dropout on the final states, the head and the inner product.
+
+``IARN.__call__(batch)`` is exactly ``pair(encode_user(...), encode_item(...))``.
+
+Use with ``model.apply(variables, batch, deterministic=False, rngs={"dropout": key})`` for training;
+``model.apply(variables, user, hist, hist_rating, hist_mask, method=IARN.encode_user)`` etc. for
+scoring. Gates are also sown into the ``"intermediates"`` collection (``user_gates``,
+``item_gates``) when that collection is mutable.
+
+Shapes: ``b`` batch, ``tu`` / ``ti`` padded history lengths, ``d`` step-input size
+(embed_dim + use_rating_input), ``A`` attention size, ``K`` gate width (4A IARN, 2A TAGM),
+``h`` hidden size, ``G`` = 4 for LSTM else 1.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from iarn_jax.models.attention import AttentionBiRNN, AttentionGate
+from iarn_jax.models.config import ModelConfig
+from iarn_jax.models.initializers import bias_init, embedding_init, kernel_init, matmul, resolve_dtype
+from iarn_jax.models.recurrence import RecurrentLayer
+
+SIDES = ("user", "item")
+
+# Feature-encoder seam. A factory is called as ``factory(config=..., side=..., feature_data=...)`` and
+# returns a Flax module (or None when it does not transform that side). The module is called as
+#   encoder(x [n, t, d], *, step_items=[n, t] item ids (user side) or None,
+#           target_item=[n] item ids (item side) or None) -> [n, t, d]
+# User side: each step is an item, transformed with that step's item features (step_items).
+# Item side: each step is a user, transformed with the target item's features (target_item).
+FEATURE_ENCODERS: dict[str, Callable[..., Optional[nn.Module]]] = {}
+
+
+def register_feature_encoder(name: str, factory: Callable[..., Optional[nn.Module]]) -> None:
+    """Makes ``ModelConfig(feature_encoder=name)`` build its encoders with ``factory``."""
+    FEATURE_ENCODERS[name] = factory
+
+
+def build_feature_encoder(config: ModelConfig, side: str, feature_data: Any) -> Optional[nn.Module]:
+    if config.feature_encoder is None:
+        return None
+    if config.feature_encoder not in FEATURE_ENCODERS:
+        raise ValueError(
+            f"unknown feature encoder {config.feature_encoder!r}; registered: {sorted(FEATURE_ENCODERS)}"
+        )
+    return FEATURE_ENCODERS[config.feature_encoder](config=config, side=side, feature_data=feature_data)
+
+
+class SideEncoding(NamedTuple):
+    """Everything of one side that depends only on that entity's own history (leading dim n).
+
+    entity: [n] user / item id (for the bias terms).
+    mask: [n, t] bool, True on valid steps.
+    input_proj: [n, t, G h] hoisted recurrent-layer input projection x W + b_W + b_U
+      (None once the recurrent layer has run in the encoder, i.e. for non-interacting variants).
+    context_proj: [n, t, K] attention context projected by this side's M1 (+ bias); None for rnn/lstm.
+    summary: [n, 2A] attention summary S = [fwd at last valid step ; bwd at step 1]; None for rnn/lstm.
+    summary_for_other: [n, K] s * M2_other S, S projected by the *other* side's gate (IARN only).
+    gates: [n, t] gates when they do not depend on the pair (TAGM; mask as float for rnn/lstm);
+      None for IARN (computed in ``pair``).
+    final_state: [n, h] final recurrent state when it does not depend on the pair; None for IARN.
+    """
+
+    entity: jax.Array
+    mask: jax.Array
+    input_proj: Optional[jax.Array] = None
+    context_proj: Optional[jax.Array] = None
+    summary: Optional[jax.Array] = None
+    summary_for_other: Optional[jax.Array] = None
+    gates: Optional[jax.Array] = None
+    final_state: Optional[jax.Array] = None
+
+
+def _broadcast_leading(x: jax.Array, n: int) -> jax.Array:
+    return jnp.broadcast_to(x, (n,) + x.shape[1:])
+
+
+class Tower(nn.Module):
+    """One side (user or item) of the model. The user tower owns the item-embedding table (its
+    steps are items) and the per-user bias; the item tower owns the user-embedding table and the
+    per-item bias."""
+
+    config: ModelConfig
+    side: str
+    feature_data: Any = None
+
+    @property
+    def input_dim(self) -> int:
+        return self.config.embed_dim + (1 if self.config.use_rating_input else 0)
+
+    def setup(self):
+        cfg = self.config
+        if self.side not in SIDES:
+            raise ValueError(f"side must be one of {SIDES}, got {self.side!r}")
+        n_steps_ids = cfg.n_items if self.side == "user" else cfg.n_users
+        n_entities = cfg.n_users if self.side == "user" else cfg.n_items
+        self.step_embedding = self.param(
+            "step_embedding", embedding_init(cfg.torch_init), (n_steps_ids, cfg.embed_dim)
+        )
+        self.feature_encoder = build_feature_encoder(cfg, self.side, self.feature_data)
+        if cfg.gated:
+            self.attention = AttentionBiRNN(
+                input_dim=self.input_dim, attention_size=cfg.attention_size,
+                softplus_beta=cfg.softplus_beta, dropout=cfg.dropout, torch_init=cfg.torch_init,
+                compute_dtype=cfg.compute_dtype,
+            )
+            self.gate = AttentionGate(
+                context_dim=2 * cfg.attention_size, interacting=cfg.interacting,
+                gate_logit_scale=cfg.gate_logit_scale, summary_scale=cfg.summary_scale,
+                torch_init=cfg.torch_init, compute_dtype=cfg.compute_dtype,
+            )
+        self.recurrent = RecurrentLayer(
+            input_dim=self.input_dim, hidden_size=cfg.hidden_size,
+            cell="gated" if cfg.gated else cfg.variant, softplus_beta=cfg.softplus_beta,
+            torch_init=cfg.torch_init, compute_dtype=cfg.compute_dtype,
+        )
+        h = cfg.hidden_size
+        self.head_kernel = self.param("head_kernel", kernel_init(h, cfg.torch_init), (h, h))
+        self.head_bias = self.param("head_bias", bias_init(h, cfg.torch_init), (h,))
+        self.prelu_slope = self.param("prelu_slope", nn.initializers.constant(0.25), ())
+        if cfg.bias != "none":
+            self.entity_bias = self.param("entity_bias", nn.initializers.zeros_init(), (n_entities,))
+        self.state_dropout = nn.Dropout(cfg.dropout)
+
+    # -- step inputs -------------------------------------------------------------------------------
+    def step_inputs(
+        self,
+        history: jax.Array,  # [n, t] counterpart ids (0 on padding)
+        history_rating: jax.Array,  # [n, t] step ratings (0 on padding / the target's own step)
+        mask: jax.Array,  # [n, t] bool
+        *,
+        target_item: Optional[jax.Array] = None,  # [n] item ids (item side, for the feature encoder)
+    ) -> jax.Array:
+        """Ids (+ ratings) -> step inputs [n, t, d]; zeros on padded steps.
+
+        The rating feature is ``rating - rating_center`` on valid steps whose rating is known
+        (non-zero) and 0 elsewhere, so a masked-out target step reads as "neutral".
+        With a feature encoder, the embeddings are transformed before the rating is appended:
+        user side with each step's item (``step_items=history``), item side with ``target_item``.
+        """
+        cfg = self.config
+        x = jnp.take(self.step_embedding, history, axis=0)  # [n, t, D]
+        if self.feature_encoder is not None:
+            if self.side == "user":
+                x = self.feature_encoder(x, step_items=history, target_item=None)
+            else:
+                x = self.feature_encoder(x, step_items=None, target_item=target_item)
+        if cfg.use_rating_input:
+            known = mask & (history_rating != 0)
+            rating = jnp.where(known, history_rating - cfg.rating_center, 0.0).astype(x.dtype)
+            x = jnp.concatenate([x, rating[..., None]], axis=-1)
+        return jnp.where(mask[..., None], x, 0.0)
+
+    # -- encode (own history only) -----------------------------------------------------------------
+    def encode(
+        self,
+        entity: jax.Array,  # [n]
+        history: jax.Array,  # [n, t]
+        history_rating: jax.Array,  # [n, t]
+        mask: jax.Array,  # [n, t] bool
+        *,
+        target_item: Optional[jax.Array] = None,
+        deterministic: bool = True,
+    ) -> SideEncoding:
+        cfg = self.config
+        mask = mask.astype(bool)
+        x = self.step_inputs(history, history_rating, mask, target_item=target_item)
+        input_proj = self.recurrent.project_inputs(x)  # [n, t, G h], hoisted out of the scan
+        encoding = SideEncoding(entity=entity, mask=mask, input_proj=input_proj)
+        if not cfg.gated:
+            final_state = self.recurrent.run(input_proj, mask)
+            return encoding._replace(
+                input_proj=None, gates=mask.astype(final_state.dtype), final_state=final_state
+            )
+        context, summary = self.attention(x, mask, deterministic=deterministic)
+        context_proj = self.gate.project_context(context)  # [n, t, K]
+        encoding = encoding._replace(context_proj=context_proj, summary=summary)
+        if cfg.interacting:
+            return encoding  # gates and the gated scan need the other side: see ``pair_state``
+        gates = self.gate(context_proj, mask)
+        final_state = self.recurrent.run(input_proj, mask, gates)
+        return encoding._replace(input_proj=None, gates=gates, final_state=final_state)
+
+    def project_summary_for_other(self, other_summary: jax.Array) -> jax.Array:
+        """s * M2 S_other with *this* side's gate (IARN): the other side's summary, projected once."""
+        return self.gate.project_summary(other_summary)
+
+    # -- pair part -----------------------------------------------------------------------------------
+    def pair_state(
+        self, encoding: SideEncoding, other: SideEncoding
+    ) -> tuple[jax.Array, jax.Array]:
+        """(final state [m, h], gates [m, t]) of this side for the pair with ``other``."""
+        if encoding.final_state is not None:
+            return encoding.final_state, encoding.gates
+        gates = self.gate(encoding.context_proj, encoding.mask, other.summary_for_other)  # [m, t]
+        m = gates.shape[0]
+        final_state = self.recurrent.run(_broadcast_leading(encoding.input_proj, m), None, gates)
+        return final_state, gates
+
+    def represent(self, final_state: jax.Array, *, deterministic: bool = True) -> jax.Array:
+        """dropout(h_T) -> PReLU(W h + b) [m, h]."""
+        h = self.state_dropout(final_state, deterministic=deterministic)
+        z = matmul(h, self.head_kernel, resolve_dtype(self.config.compute_dtype)) + self.head_bias
+        return jnp.where(z >= 0, z, self.prelu_slope * z)
+
+    def bias(self, entity: jax.Array) -> jax.Array:
+        """Per-entity scalar bias [n] (zeros when the config has no biases)."""
+        if self.config.bias == "none":
+            return jnp.zeros(entity.shape, jnp.float32)
+        return jnp.take(self.entity_bias, entity, axis=0)
+
+
+class IARN(nn.Module):
+    """IARN / TAGM / RNN / LSTM two-tower rating model.
+
+    config: the ModelConfig.
+    feature_data: passed to the registered feature-encoder factory (e.g. item feature paths).
+    """
+
+    config: ModelConfig
+    feature_data: Any = None
+
+    def setup(self):
+        self.user_tower = Tower(self.config, "user", self.feature_data)
+        self.item_tower = Tower(self.config, "item", self.feature_data)
+
+    def encode_user(
+        self,
+        user: jax.Array,  # [n] int
+        user_history: jax.Array,  # [n, tu] item ids
+        user_history_rating: jax.Array,  # [n, tu]
+        user_history_mask: jax.Array,  # [n, tu] bool
+        *,
+        deterministic: bool = True,
+    ) -> SideEncoding:
+        """User-side encoding from the user's own history (see :class:`SideEncoding`)."""
+        encoding = self.user_tower.encode(
+            user, user_history, user_history_rating, user_history_mask, deterministic=deterministic
+        )
+        if self.config.interacting:
+            encoding = encoding._replace(
+                summary_for_other=self.item_tower.project_summary_for_other(encoding.summary)
+            )
+        return encoding
+
+    def encode_item(
+        self,
+        item: jax.Array,  # [n] int
+        item_history: jax.Array,  # [n, ti] user ids
+        item_history_rating: jax.Array,  # [n, ti]
+        item_history_mask: jax.Array,  # [n, ti] bool
+        *,
+        deterministic: bool = True,
+    ) -> SideEncoding:
+        """Item-side encoding from the item's own history (see :class:`SideEncoding`)."""
+        encoding = self.item_tower.encode(
+            item, item_history, item_history_rating, item_history_mask, target_item=item,
+            deterministic=deterministic,
+        )
+        if self.config.interacting:
+            encoding = encoding._replace(
+                summary_for_other=self.user_tower.project_summary_for_other(encoding.summary)
+            )
+        return encoding
+
+    def pair(
+        self, user_encoding: SideEncoding, item_encoding: SideEncoding, *, deterministic: bool = True
+    ) -> tuple[jax.Array, dict]:
+        """Prediction [m] for encodings whose leading dims broadcast to m, and aux:
+        user_gates [m, tu], item_gates [m, ti] (mask for rnn/lstm), user_representation /
+        item_representation [m, h] (the head outputs), bias [m] (bias terms incl. global mean)."""
+        user_state, user_gates = self.user_tower.pair_state(user_encoding, item_encoding)
+        item_state, item_gates = self.item_tower.pair_state(item_encoding, user_encoding)
+        user_repr = self.user_tower.represent(user_state, deterministic=deterministic)
+        item_repr = self.item_tower.represent(item_state, deterministic=deterministic)
+        bias = self.user_tower.bias(user_encoding.entity) + self.item_tower.bias(item_encoding.entity)
+        if self.config.bias == "global_user_item":
+            bias = bias + self.config.global_mean
+        prediction = jnp.sum(user_repr * item_repr, axis=-1) + bias
+        m = prediction.shape[0]
+        aux = {
+            "user_gates": _broadcast_leading(user_gates, m),
+            "item_gates": _broadcast_leading(item_gates, m),
+            "user_representation": _broadcast_leading(user_repr, m),
+            "item_representation": _broadcast_leading(item_repr, m),
+            "bias": _broadcast_leading(jnp.asarray(bias, prediction.dtype), m),
+        }
+        self.sow("intermediates", "user_gates", aux["user_gates"])
+        self.sow("intermediates", "item_gates", aux["item_gates"])
+        return prediction, aux
+
+    def __call__(self, batch: dict, *, deterministic: bool = True) -> tuple[jax.Array, dict]:
+        """batch: a dict following ``iarn_jax.data.types.BATCH_SPEC`` -> (prediction [b], aux)."""
+        user_encoding = self.encode_user(
+            batch["user"], batch["user_history"], batch["user_history_rating"],
+            batch["user_history_mask"], deterministic=deterministic,
+        )
+        item_encoding = self.encode_item(
+            batch["item"], batch["item_history"], batch["item_history_rating"],
+            batch["item_history_mask"], deterministic=deterministic,
+        )
+        return self.pair(user_encoding, item_encoding, deterministic=deterministic)
+
+
+__all__ = [
+    "FEATURE_ENCODERS",
+    "IARN",
+    "SideEncoding",
+    "Tower",
+    "build_feature_encoder",
+    "register_feature_encoder",
+]

@@ -1,0 +1,73 @@
+"""Parameter initialisers and the small linear-algebra helpers shared by the IARN modules.
+
+Torch7's ``nn.Linear`` draws weights *and* biases from U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (reference
+notes 2.8); Flax's defaults (lecun_normal kernels, zero biases) differ, so the modules pick their
+initialisers through :func:`kernel_init` / :func:`bias_init`.
+
+Kernels are stored Flax-style as ``[in, out]``, so ``fan_in = shape[0]``; a bias does not know its
+fan-in, so :func:`bias_init` takes it explicitly.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+Initializer = nn.initializers.Initializer
+
+
+def torch_uniform(fan_in: int) -> Initializer:
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)), the Torch7 ``nn.Linear`` default."""
+    bound = 1.0 / math.sqrt(max(int(fan_in), 1))
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
+
+    return init
+
+
+def kernel_init(fan_in: int, torch_init: bool) -> Initializer:
+    """Initialiser of an ``[in, out]`` kernel: Torch-style uniform or Flax's lecun_normal."""
+    return torch_uniform(fan_in) if torch_init else nn.initializers.lecun_normal()
+
+
+def bias_init(fan_in: int, torch_init: bool) -> Initializer:
+    """Initialiser of a bias: Torch-style uniform (same bound as the kernel) or zeros."""
+    return torch_uniform(fan_in) if torch_init else nn.initializers.zeros_init()
+
+
+def embedding_init(torch_init: bool) -> Initializer:
+    """Embedding tables: N(0, 1) (Torch ``nn.LookupTable`` / ``nn.Embedding`` default) or Flax's
+    ``nn.Embed`` default (variance scaling, std = 1/sqrt(embed_dim))."""
+    if torch_init:
+        return nn.initializers.normal(stddev=1.0)
+    return nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
+
+
+def resolve_dtype(compute_dtype: str):
+    """The matmul input dtype named by ``ModelConfig.compute_dtype``."""
+    if compute_dtype in ("float32", "fp32"):
+        return jnp.float32
+    if compute_dtype in ("bfloat16", "bf16"):
+        return jnp.bfloat16
+    raise ValueError(f"unknown compute_dtype {compute_dtype!r}; use 'float32' or 'bfloat16'")
+
+
+def cast_for_matmul(x: jax.Array, compute_dtype=jnp.float32) -> jax.Array:
+    """``x`` cast to a reduced matmul dtype (bfloat16); unchanged for float32 compute."""
+    return x if compute_dtype == jnp.float32 else x.astype(compute_dtype)
+
+
+def matmul(x: jax.Array, kernel: jax.Array, compute_dtype=jnp.float32) -> jax.Array:
+    """``x @ kernel`` with inputs cast to ``compute_dtype`` and float32 accumulation/output.
+
+    With ``compute_dtype=float32`` this is a plain float32 matmul (float64 when x64 is on and the
+    operands are float64, which the finite-difference tests use).
+    """
+    if compute_dtype == jnp.float32:
+        return jnp.matmul(x, kernel)
+    return jnp.matmul(
+        x.astype(compute_dtype), kernel.astype(compute_dtype), preferred_element_type=jnp.float32
+    )

@@ -1,0 +1,215 @@
+"""Recurrent cells and masked scans of the IARN towers.
+
+Shapes (jaxtyping-style): ``b`` batch, ``t`` time (padded length), ``d`` step-input size, ``h``
+hidden size. Sequences are left-aligned: ``mask[b, t]`` is True on the first ``len_b`` steps.
+
+Everything that does not depend on the previous state is computed *before* the scan: the input
+projection ``x_t W + b_W + b_U`` of all steps is one matmul (:meth:`RecurrentLayer.project_inputs`),
+so a scan body only does ``h_{t-1} @ U`` plus elementwise work. The scans run time-major
+(``[t, b, ...]``) and accumulate in float32; ``compute_dtype`` only casts the matmul inputs.
+
+Padding never changes a state:
+  * ungated cells (softplus RNN, LSTM) use ``jnp.where(mask_t, new, old)``;
+  * the attention-gated cell relies on ``a_t = 0`` on padded steps, which makes
+    ``h_t = (1 - a_t) h_{t-1} + a_t h'_t`` an exact copy of ``h_{t-1}``.
+So the final carry is the state at the last valid step (zeros for an empty sequence), and a reverse
+scan over a padded sequence holds its zero initial state until the valid region begins, i.e. it
+starts at each sequence's last valid step.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from iarn_jax.models.initializers import (
+    bias_init,
+    cast_for_matmul,
+    kernel_init,
+    matmul,
+    resolve_dtype,
+    torch_uniform,
+)
+
+CELLS = ("gated", "rnn", "lstm")
+
+
+def softplus_beta(z: jax.Array, beta: float) -> jax.Array:
+    """log(1 + exp(beta z)) / beta, the reference's "smooth ReLU" (Torch ``nn.SoftPlus(beta)``).
+
+    Torch switches to the identity where ``beta z > 20``; the stable ``jax.nn.softplus`` differs from
+    that by at most exp(-20)/beta there, and stays smooth.
+    """
+    return jax.nn.softplus(beta * z) / beta
+
+
+def _time_major(x: jax.Array) -> jax.Array:
+    return jnp.swapaxes(x, 0, 1)
+
+
+def masked_rnn_scan(
+    input_proj: jax.Array,  # [b, t, h]: x_t W + b_W + b_U
+    mask: jax.Array,  # [b, t] bool
+    recurrent_kernel: jax.Array,  # [h, h]
+    *,
+    activation: Callable[[jax.Array], jax.Array],
+    reverse: bool = False,
+    compute_dtype=jnp.float32,
+) -> tuple[jax.Array, jax.Array]:
+    """Vanilla RNN ``g_t = act(input_proj_t + g_{t-1} U)``, state frozen on padded steps.
+
+    ``reverse=True`` runs from the last padded step to the first; with left-aligned padding the state
+    stays 0 on the trailing padding, so the backward pass starts at each sequence's last valid step.
+
+    Returns (outputs [b, t, h] with zeros on padded steps, final carry [b, h]). The final carry of
+    the forward pass is the state at the last valid step; of the backward pass, the state at step 1.
+    """
+    batch, _, hidden = input_proj.shape
+    kernel = cast_for_matmul(recurrent_kernel, compute_dtype)
+    carry0 = jnp.zeros((batch, hidden), input_proj.dtype)
+
+    def step(state, inputs):
+        proj_t, mask_t = inputs
+        new = activation(proj_t + matmul(state, kernel, compute_dtype))
+        state = jnp.where(mask_t[:, None], new, state)
+        return state, jnp.where(mask_t[:, None], state, 0.0)
+
+    final, outputs = jax.lax.scan(
+        step, carry0, (_time_major(input_proj), _time_major(mask)), reverse=reverse
+    )
+    return _time_major(outputs), final
+
+
+def gated_scan(
+    input_proj: jax.Array,  # [b, t, h]: x_t W + b_W + b_U
+    gates: jax.Array,  # [b, t]: attention gates, exactly 0 on padded steps
+    recurrent_kernel: jax.Array,  # [h, h]
+    *,
+    compute_dtype=jnp.float32,
+) -> jax.Array:
+    """Attention-gated recurrence (TAGM cell, reference notes 2.4), h_0 = 0:
+
+        h'_t = relu(input_proj_t + h_{t-1} U)
+        h_t  = (1 - a_t) h_{t-1} + a_t h'_t
+
+    Returns the final state h_T [b, h]; with a_t = 0 on padding it is the last valid state.
+    """
+    batch, _, hidden = input_proj.shape
+    kernel = cast_for_matmul(recurrent_kernel, compute_dtype)
+    carry0 = jnp.zeros((batch, hidden), input_proj.dtype)
+
+    def step(state, inputs):
+        proj_t, gate_t = inputs
+        candidate = jax.nn.relu(proj_t + matmul(state, kernel, compute_dtype))
+        gate_t = gate_t[:, None]
+        return (1.0 - gate_t) * state + gate_t * candidate, None
+
+    final, _ = jax.lax.scan(step, carry0, (_time_major(input_proj), _time_major(gates)))
+    return final
+
+
+def masked_lstm_scan(
+    input_proj: jax.Array,  # [b, t, 4h]: x_t W + b_W + b_U, gate blocks in order (i, f, o, g)
+    mask: jax.Array,  # [b, t] bool
+    recurrent_kernel: jax.Array,  # [h, 4h]
+    *,
+    compute_dtype=jnp.float32,
+) -> jax.Array:
+    """Standard LSTM (gates i, f, o, g as in the reference / char-rnn), (h, c) frozen on padding.
+
+    Returns the final hidden state h_T [b, h] (the state at the last valid step).
+    """
+    batch, _, four_hidden = input_proj.shape
+    hidden = four_hidden // 4
+    kernel = cast_for_matmul(recurrent_kernel, compute_dtype)
+    zeros = jnp.zeros((batch, hidden), input_proj.dtype)
+
+    def step(carry, inputs):
+        h, c = carry
+        proj_t, mask_t = inputs
+        z = proj_t + matmul(h, kernel, compute_dtype)
+        i, f, o, g = jnp.split(z, 4, axis=-1)
+        c_new = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h_new = jax.nn.sigmoid(o) * jnp.tanh(c_new)
+        keep = mask_t[:, None]
+        return (jnp.where(keep, h_new, h), jnp.where(keep, c_new, c)), None
+
+    (h_final, _), _ = jax.lax.scan(step, (zeros, zeros), (_time_major(input_proj), _time_major(mask)))
+    return h_final
+
+
+def _lstm_input_bias_init(hidden: int, fan_in: int, torch_init: bool):
+    """Input-projection bias of the LSTM: the usual init with the forget block (2nd of i, f, o, g)
+    set to 1, as the reference's forget-gate initialisation does on the input-to-hidden Linear."""
+    base = bias_init(fan_in, torch_init)
+
+    def init(key, shape, dtype=jnp.float32):
+        return base(key, shape, dtype).at[hidden : 2 * hidden].set(1.0)
+
+    return init
+
+
+class RecurrentLayer(nn.Module):
+    """The recurrent layer of one tower: input Linear W (d -> G h) and recurrent Linear U (h -> G h).
+
+    cell: "gated" (TAGM/IARN attention-gated ReLU cell), "rnn" (softplus(beta) vanilla RNN, the
+      reference's rnn backbone) or "lstm" (G = 4).
+    Parameters: ``input_kernel`` [d, G h], ``input_bias`` [G h], ``recurrent_kernel`` [h, G h],
+    ``recurrent_bias`` [G h] (both biases exist, as in the two Torch Linears).
+    """
+
+    input_dim: int
+    hidden_size: int
+    cell: str = "gated"
+    softplus_beta: float = 5.0
+    torch_init: bool = True
+    compute_dtype: str = "float32"
+
+    def setup(self):
+        if self.cell not in CELLS:
+            raise ValueError(f"unknown recurrent cell {self.cell!r}; choose one of {CELLS}")
+        width = self.hidden_size * (4 if self.cell == "lstm" else 1)
+        d, h = self.input_dim, self.hidden_size
+        self.input_kernel = self.param("input_kernel", kernel_init(d, self.torch_init), (d, width))
+        if self.cell == "lstm":
+            in_bias = _lstm_input_bias_init(h, d, self.torch_init)
+        else:
+            in_bias = bias_init(d, self.torch_init)
+        self.input_bias = self.param("input_bias", in_bias, (width,))
+        self.recurrent_kernel = self.param("recurrent_kernel", kernel_init(h, self.torch_init), (h, width))
+        self.recurrent_bias = self.param("recurrent_bias", bias_init(h, self.torch_init), (width,))
+
+    def project_inputs(self, x: jax.Array) -> jax.Array:
+        """x [..., t, d] -> x W + b_W + b_U [..., t, G h], all steps in one matmul (outside the scan)."""
+        dtype = resolve_dtype(self.compute_dtype)
+        return matmul(x, self.input_kernel, dtype) + (self.input_bias + self.recurrent_bias)
+
+    def run(
+        self, input_proj: jax.Array, mask: jax.Array, gates: Optional[jax.Array] = None
+    ) -> jax.Array:
+        """Final state [b, h] from the projected inputs [b, t, G h]; ``gates`` [b, t] for "gated"."""
+        dtype = resolve_dtype(self.compute_dtype)
+        if self.cell == "gated":
+            if gates is None:
+                raise ValueError("the gated cell needs attention gates")
+            return gated_scan(input_proj, gates, self.recurrent_kernel, compute_dtype=dtype)
+        if self.cell == "rnn":
+            activation = lambda z: softplus_beta(z, self.softplus_beta)  # noqa: E731
+            _, final = masked_rnn_scan(
+                input_proj, mask, self.recurrent_kernel, activation=activation, compute_dtype=dtype
+            )
+            return final
+        return masked_lstm_scan(input_proj, mask, self.recurrent_kernel, compute_dtype=dtype)
+
+
+__all__ = [
+    "CELLS",
+    "RecurrentLayer",
+    "gated_scan",
+    "masked_lstm_scan",
+    "masked_rnn_scan",
+    "softplus_beta",
+    "torch_uniform",
+]

@@ -1,0 +1,162 @@
+"""Training loop: optimiser semantics, one step, schedule, sharding, resume."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from iarn_jax.data import batching
+from iarn_jax.data.protocols import load_protocol
+from iarn_jax.models.config import ModelConfig
+from iarn_jax.models.iarn import IARN
+from iarn_jax.training import loop
+from iarn_jax.training.config import TrainConfig
+from iarn_jax.training.optimizer import get_learning_rate, make_optimizer, set_learning_rate
+from iarn_jax.training.step import TrainState, make_mesh, make_train_step, put_batch
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SMALL = dict(n_users=120, n_items=60, n_ratings=3000, seed=0)
+TINY_MODEL = ModelConfig(variant="iarn", embed_dim=8, hidden_size=8, attention_size=8)
+
+
+@pytest.fixture(scope="module")
+def small_split():
+    return load_protocol("synthetic", None, **SMALL)
+
+
+def test_optimizer_matches_torch_rmsprop_with_elementwise_clip():
+    """clip(+-10) then m = .95 m + .05 g^2, theta -= lr g / (sqrt(m) + 1e-8), m0 = 0."""
+    cfg = TrainConfig(learning_rate=1e-3)
+    tx = make_optimizer(cfg)
+    params = {"w": jnp.array([1.0, 2.0, 3.0])}
+    state = tx.init(params)
+    m = np.zeros(3)
+    theta = np.array([1.0, 2.0, 3.0])
+    for g in ([30.0, -0.5, 0.0], [-4.0, 12.0, 1e-3], [0.1, 0.2, -25.0]):
+        updates, state = tx.update({"w": jnp.array(g)}, state, params)
+        params = jax.tree_util.tree_map(lambda p, u: p + u, params, updates)
+        gc = np.clip(np.array(g), -10, 10)
+        m = 0.95 * m + 0.05 * gc**2
+        theta = theta - 1e-3 * gc / (np.sqrt(m) + 1e-8)
+        np.testing.assert_allclose(np.asarray(params["w"]), theta, rtol=1e-5, atol=1e-7)
+    state = set_learning_rate(state, 4e-4)
+    assert get_learning_rate(state) == pytest.approx(4e-4)
+
+
+def test_schedule_decays_restores_and_stops():
+    cfg = TrainConfig(decay_patience=2, stop_patience=5)
+    sched = {"best_val": np.inf, "best_step": 0, "bad": 0, "decay_bad": 0, "evals": 0, "done": False}
+    vals = [1.0, 0.9, 0.95, 0.96, 0.97, 0.98, 0.99]
+    decays = []
+    for step, v in enumerate(vals, start=1):
+        loop._schedule_after_eval(sched, v, step, cfg)
+        decays.append(sched.pop("decay_now", False))
+    assert sched["best_val"] == 0.9 and sched["best_step"] == 2
+    assert decays == [False, False, False, True, False, True, False]
+    assert sched["done"] and sched["reason"] == "patience"
+
+
+def _fixed_batch(split, batch_size=32):
+    data = loop.prepare_data(split)
+    plan = batching.make_batch_plan(data.train, batch_size, seed=0, epoch=0)
+    return data, batching.materialize(plan[0], data.train, data.user_histories, data.item_histories)
+
+
+def test_one_train_step_changes_params_and_lowers_loss(small_split):
+    model_config = loop.complete_model_config(TINY_MODEL, small_split)
+    data, batch = _fixed_batch(small_split)
+    model = IARN(model_config)
+    params = model.init(jax.random.PRNGKey(0), batch)["params"]
+    tx = make_optimizer(TrainConfig())
+    mesh = make_mesh(jax.devices()[:1])
+    step = make_train_step(loop.make_apply_fn(model), tx, mesh)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                       rng=jax.random.PRNGKey(1))
+    before = jax.tree_util.tree_map(np.asarray, params)
+    losses = []
+    for _ in range(5):
+        state, metrics = step(state, put_batch(batch, mesh))
+        losses.append(float(metrics["loss"]))
+    after = jax.tree_util.tree_map(np.asarray, state.params)
+    changed = jax.tree_util.tree_map(lambda a, b: not np.array_equal(a, b), before, after)
+    assert all(jax.tree_util.tree_leaves(changed)), "every parameter should move"
+    assert losses[-1] < losses[0]
+    assert int(state.step) == 5
+
+
+def _tiny_train_config(**kw):
+    base = dict(batch_size=32, eval_batch_size=64, eval_every=10, max_steps=40, max_epochs=5, log_every=0,
+                decay_patience=1, stop_patience=100, seed=3, prefetch=0)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_resume_after_interruption_matches_uninterrupted(small_split, tmp_path):
+    cfg = _tiny_train_config()
+    full = loop.train(small_split, TINY_MODEL, cfg, workdir=tmp_path / "full", verbose=False)
+    part = loop.train(small_split, TINY_MODEL, cfg, workdir=tmp_path / "resumed", verbose=False,
+                      stop_after_steps=20)
+    assert part.metrics == {"interrupted_at": 20}
+    resumed = loop.train(small_split, TINY_MODEL, cfg, workdir=tmp_path / "resumed", verbose=False, resume=True)
+    for a, b in zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(resumed.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert resumed.metrics["test_rmse"] == full.metrics["test_rmse"]
+    assert resumed.metrics["val_rmse"] == full.metrics["val_rmse"]
+    log = [json.loads(line) for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
+    assert any(r["event"] == "resume" for r in log)
+    results = json.loads((tmp_path / "full" / "results.json").read_text())
+    for key in ("test_rmse", "test_mae", "val_rmse", "n_train", "n_test", "epochs", "wall_seconds",
+                "train_examples_per_second"):
+        assert key in results
+
+
+def test_same_seed_same_numbers_and_predict(small_split):
+    cfg = _tiny_train_config(max_steps=20)
+    a = loop.train(small_split, TINY_MODEL, cfg, verbose=False)
+    b = loop.train(small_split, TINY_MODEL, cfg, verbose=False)
+    assert a.metrics["test_rmse"] == b.metrics["test_rmse"]
+    pred = loop.predict(a, small_split.test)
+    assert pred.shape == (len(small_split.test),)
+    clipped = np.clip(pred, *small_split.rating_scale)
+    rmse = float(np.sqrt(np.mean((clipped - small_split.test["rating"].to_numpy()) ** 2)))
+    assert rmse == pytest.approx(a.metrics["test_rmse"], rel=1e-5)
+
+
+SHARDED_SCRIPT = textwrap.dedent(
+    """
+    import jax, numpy as np
+    from iarn_jax.data.protocols import load_protocol
+    from iarn_jax.models.config import ModelConfig
+    from iarn_jax.training import loop
+    from iarn_jax.training.config import TrainConfig
+    assert len(jax.devices()) == 4, jax.devices()
+    split = load_protocol("synthetic", None, n_users=120, n_items=60, n_ratings=3000, seed=0)
+    model = ModelConfig(variant="iarn", embed_dim=8, hidden_size=8, attention_size=8)
+    cfg = TrainConfig(batch_size=32, eval_batch_size=64, eval_every=10, max_steps=20, log_every=0, prefetch=0)
+    one = loop.train(split, model, cfg, verbose=False, devices=jax.devices()[:1])
+    four = loop.train(split, model, cfg, verbose=False, devices=jax.devices())
+    diffs = [float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+             for a, b in zip(jax.tree_util.tree_leaves(one.params), jax.tree_util.tree_leaves(four.params))]
+    print("MAXDIFF", max(diffs), one.metrics["test_rmse"], four.metrics["test_rmse"], four.metrics["devices"])
+    """
+)
+
+
+def test_sharded_step_on_four_host_devices_matches_one_device():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [l for l in proc.stdout.splitlines() if l.startswith("MAXDIFF")][0]
+    maxdiff, rmse1, rmse4, devices = line.split()[1:]
+    assert int(devices) == 4
+    assert float(maxdiff) < 1e-4  # same parameters up to float reduction order
+    assert float(rmse1) == pytest.approx(float(rmse4), abs=1e-4)
