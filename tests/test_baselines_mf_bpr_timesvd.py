@@ -188,7 +188,7 @@ def clustered_split(seed=0, n_users=40, n_items=30):
 def test_bpr_learns_planted_groups_and_mostpop_counts():
     split = clustered_split()
     users = ranking.eligible_test_users(split)
-    bpr = BPR(8, grid=[{"lr": 0.05, "reg": 0.001}], batch_size=64, max_epochs=40, eval_every=5).fit(split, verbose=False)
+    bpr = BPR(8, grid=[{"lr": 0.02, "reg": 0.01}], batch_size=64, max_epochs=60, eval_every=5, patience=5).fit(split, verbose=False)
     result = ranking.evaluate_ranking(None, split, users, score_matrix_fn=bpr.score_matrix, progress=False)
     # Oracle that knows the planted groups (ties inside a group count half).
     oracle = ranking.evaluate_ranking(

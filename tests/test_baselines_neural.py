@@ -141,7 +141,7 @@ def test_context_pairs_stay_within_sequence_and_window():
 
 
 def test_ncf_ranks_planted_group_items_first(split):
-    model = NCF(dim=8, batch_size=128, max_epochs=12, patience=12, grid=None).fit(split, seed=0, verbose=False)
+    model = NCF(dim=8, batch_size=128, max_epochs=12, patience=12, grid=None, refit=False).fit(split, seed=0, verbose=False)
     assert not model.rates
     assert own_group_auc(model, split) > 0.9
     with pytest.raises(NotImplementedError):
@@ -149,7 +149,7 @@ def test_ncf_ranks_planted_group_items_first(split):
 
 
 def test_ncf_grid_selection_uses_validation(split):
-    model = NCF(dim=4, batch_size=256, max_epochs=2, patience=2, grid=({"l2": 0.0}, {"l2": 1e-3}))
+    model = NCF(dim=4, batch_size=256, max_epochs=2, patience=2, grid=({"l2": 0.0}, {"l2": 1e-3}), refit=False)
     model.fit(split, seed=1, verbose=False)
     assert len(model.selection_["grid"]) == 2
     assert model.selection_["config"] in ({"l2": 0.0}, {"l2": 1e-3})
@@ -157,14 +157,14 @@ def test_ncf_grid_selection_uses_validation(split):
 
 
 def test_ncf_is_seeded(split):
-    a = NCF(dim=4, batch_size=256, max_epochs=2, grid=None).fit(split, seed=3, verbose=False)
-    b = NCF(dim=4, batch_size=256, max_epochs=2, grid=None).fit(split, seed=3, verbose=False)
+    a = NCF(dim=4, batch_size=256, max_epochs=2, grid=None, refit=False).fit(split, seed=3, verbose=False)
+    b = NCF(dim=4, batch_size=256, max_epochs=2, grid=None, refit=False).fit(split, seed=3, verbose=False)
     np.testing.assert_allclose(a.score_items(0, np.arange(10)), b.score_items(0, np.arange(10)), rtol=1e-5)
 
 
 @pytest.mark.parametrize("ctor", [Item2Vec, MP2Vec])
 def test_skipgram_ranks_planted_group_items_first(split, ctor):
-    model = ctor(dim=8, batch_size=256, max_epochs=8, patience=8, grid=None).fit(split, seed=0, verbose=False)
+    model = ctor(dim=8, batch_size=256, max_epochs=8, patience=8, grid=None, refit=False).fit(split, seed=0, verbose=False)
     assert not model.rates
     assert own_group_auc(model, split) > 0.9
 
@@ -174,14 +174,14 @@ def test_mp2vec_uses_features_and_item2vec_does_not(split):
     assert not item2vec.use_metadata and item2vec.alpha == 0.0
     assert mp2vec.use_metadata and mp2vec.alpha == 0.1
     # with alpha > 0 the feature rows of the vocabulary are trained (differ from their init)
-    model = MP2Vec(dim=4, batch_size=256, max_epochs=2, grid=None, alpha=1.0)
+    model = MP2Vec(dim=4, batch_size=256, max_epochs=2, grid=None, refit=False, alpha=1.0)
     model.fit(split, seed=0, verbose=False)
     assert model.vectors_.shape == (split.n_items, 4)
 
 
 def test_skipgram_unseen_items_rank_last():
     split = planted_split(n_cold=4)
-    model = Item2Vec(dim=4, batch_size=256, max_epochs=2, grid=None).fit(split, seed=0, verbose=False)
+    model = Item2Vec(dim=4, batch_size=256, max_epochs=2, grid=None, refit=False).fit(split, seed=0, verbose=False)
     cold = np.arange(40, 44)
     assert np.all(model.vectors_[cold] == 0.0)
     scores = model.score_items(0, np.arange(44))
@@ -189,7 +189,7 @@ def test_skipgram_unseen_items_rank_last():
 
 
 def test_skipgram_loss_decreases(split, capsys):
-    model = SkipGramRecommender(dim=8, batch_size=256, max_epochs=5, grid=None, name="i2v")
+    model = SkipGramRecommender(dim=8, batch_size=256, max_epochs=5, grid=None, refit=False, name="i2v")
     model.fit(split, seed=0, verbose=True)
     losses = [float(line.split("loss")[1].split()[0]) for line in capsys.readouterr().out.splitlines() if "loss" in line]
     assert losses[-1] < losses[0]

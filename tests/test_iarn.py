@@ -11,7 +11,6 @@ import sys
 import textwrap
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
@@ -158,9 +157,35 @@ def numpy_forward(params, cfg, batch):
 
 
 def init_model(cfg, batch, seed=0):
+    """Model and random parameters U(-0.6, 0.6) of the right structure (eval_shape, no init compile:
+    keeps the tests fast; the real initialisers are checked in test_init_follows_torch_conventions)."""
     model = IARN(cfg)
-    variables = model.init(jax.random.key(seed), batch)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), batch)
+    rng = np.random.default_rng(seed)
+    variables = jax.tree.map(lambda leaf: rng.uniform(-0.6, 0.6, leaf.shape).astype(np.float32), shapes)
     return model, variables
+
+
+def test_init_follows_torch_conventions():
+    cfg = make_config("iarn", bias="user_item")
+    batch = make_batch()
+    model = IARN(cfg)
+    params = jax.tree.map(np.asarray, jax.jit(model.init)(jax.random.key(0), batch)["params"])
+    d, a, h = cfg.embed_dim + 1, cfg.attention_size, cfg.hidden_size
+    fan_in = {"input_kernel": d, "input_bias": d, "recurrent_kernel": h, "recurrent_bias": h,
+              "head_kernel": h, "head_bias": h}
+    for side, n_steps, n_entities in (("user_tower", N_ITEMS, N_USERS), ("item_tower", N_USERS, N_ITEMS)):
+        p = params[side]
+        assert p["step_embedding"].shape == (n_steps, cfg.embed_dim)  # user tower embeds items
+        assert 0.4 < p["step_embedding"].std() < 1.8  # N(0, 1)
+        np.testing.assert_array_equal(p["entity_bias"], np.zeros(n_entities))
+        assert p["prelu_slope"] == np.float32(0.25)
+        for name, value in {**p["recurrent"], "head_kernel": p["head_kernel"], "head_bias": p["head_bias"]}.items():
+            assert np.all(np.abs(value) <= 1 / np.sqrt(fan_in[name])), (side, name)
+        for name, value in p["attention"].items():
+            assert np.all(np.abs(value) <= 1 / np.sqrt(d if "input" in name else a)), (side, name)
+        for name, value in p["gate"].items():
+            assert np.all(np.abs(value) <= 1 / np.sqrt(4 * a)), (side, name)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -200,7 +225,6 @@ def test_bias_options_add_the_right_terms(bias):
     if bias == "none":
         ref, *_ = numpy_forward(params, cfg, batch)
     else:
-        np.testing.assert_array_equal(params["user_tower"]["entity_bias"], 0.0)  # init 0
         params["user_tower"]["entity_bias"] = np.arange(N_USERS, dtype=np.float32)
         params["item_tower"]["entity_bias"] = 10 * np.arange(N_ITEMS, dtype=np.float32)
         ref, *_ = numpy_forward(params, cfg, batch)
@@ -215,10 +239,14 @@ def test_extra_padding_changes_no_output():
     pred_a, aux_a = model.apply(variables, batch)
     pred_b, aux_b = model.apply(variables, padded)
     np.testing.assert_allclose(np.asarray(pred_b), np.asarray(pred_a), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(aux_b["user_gates"][:, :TU]), np.asarray(aux_a["user_gates"]), rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(np.asarray(aux_b["item_gates"][:, :TI]), np.asarray(aux_a["item_gates"]), rtol=1e-6, atol=1e-7)
+    for side, t in (("user", TU), ("item", TI)):
+        np.testing.assert_allclose(
+            np.asarray(aux_b[f"{side}_gates"][:, :t]), np.asarray(aux_a[f"{side}_gates"]), rtol=1e-6, atol=1e-7
+        )
     np.testing.assert_array_equal(np.asarray(aux_b["user_gates"][:, TU:]), 0.0)
-    enc = lambda m, bt: m.encode_user(bt["user"], bt["user_history"], bt["user_history_rating"], bt["user_history_mask"])  # noqa: E731
+    def enc(m, bt):
+        return m.encode_user(bt["user"], bt["user_history"], bt["user_history_rating"], bt["user_history_mask"])
+
     s_a = model.apply(variables, batch, method=enc).summary
     s_b = model.apply(variables, padded, method=enc).summary
     np.testing.assert_allclose(np.asarray(s_b), np.asarray(s_a), rtol=1e-6, atol=1e-7)
@@ -285,7 +313,8 @@ def test_dropout_only_when_not_deterministic():
     assert np.abs(np.asarray(drop_a) - np.asarray(det_a)).max() > 1e-4
     assert np.abs(np.asarray(drop_a) - np.asarray(drop_b)).max() > 1e-4
     # rate 0: training mode is the evaluation function (no rng needed)
-    model0, variables0 = init_model(make_config("iarn", dropout=0.0), batch)
+    model0 = IARN(make_config("iarn", dropout=0.0))
+    variables0 = variables
     np.testing.assert_array_equal(
         np.asarray(model0.apply(variables0, batch, deterministic=False)[0]), np.asarray(model0.apply(variables0, batch)[0])
     )

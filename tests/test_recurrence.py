@@ -95,7 +95,9 @@ def test_extra_padding_changes_nothing(data):
     kernel = jnp.asarray(data["kernel"])
     act = lambda z: softplus_beta(z, 5.0)  # noqa: E731
     for reverse in (False, True):
-        out_a, fin_a = masked_rnn_scan(jnp.asarray(data["proj"]), jnp.asarray(data["mask"]), kernel, activation=act, reverse=reverse)
+        out_a, fin_a = masked_rnn_scan(
+            jnp.asarray(data["proj"]), jnp.asarray(data["mask"]), kernel, activation=act, reverse=reverse
+        )
         out_b, fin_b = masked_rnn_scan(jnp.asarray(proj), jnp.asarray(mask), kernel, activation=act, reverse=reverse)
         np.testing.assert_allclose(np.asarray(out_b[:, :T]), np.asarray(out_a), rtol=1e-6, atol=1e-7)
         np.testing.assert_array_equal(np.asarray(out_b[:, T:]), 0.0)

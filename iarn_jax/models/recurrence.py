@@ -30,7 +30,6 @@ from iarn_jax.models.initializers import (
     kernel_init,
     matmul,
     resolve_dtype,
-    torch_uniform,
 )
 
 CELLS = ("gated", "rnn", "lstm")
@@ -211,5 +210,4 @@ __all__ = [
     "masked_lstm_scan",
     "masked_rnn_scan",
     "softplus_beta",
-    "torch_uniform",
 ]

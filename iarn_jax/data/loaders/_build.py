@@ -75,7 +75,7 @@ def build_dataset(
 ) -> Dataset:
     """Validated, de-duplicated Dataset from raw rows.
 
-    raw: columns user, item (original ids), rating, time (int64), line
+    raw: columns user, item (original ids), rating, time (int64), _line
       (1-based line of each row), optional file (index into ``sources``;
       0 when absent) and optional split.
     user_ids / item_ids: pass both when ``raw`` already holds contiguous ids
@@ -85,7 +85,7 @@ def build_dataset(
     if len(raw) == 0:
         raise DataError(f"{sources[0] if sources else name}: line 1: field '{rating_field}': no ratings")
     files = raw["file"].to_numpy() if "file" in raw else np.zeros(len(raw), dtype=np.int64)
-    check_ratings(raw["rating"].to_numpy(), rating_scale, raw["line"].to_numpy(), files, sources, rating_field)
+    check_ratings(raw["rating"].to_numpy(), rating_scale, raw["_line"].to_numpy(), files, sources, rating_field)
     frame = pd.DataFrame(
         {
             "user": raw["user"].to_numpy(),

@@ -22,6 +22,7 @@ import pandas as pd
 from iarn_jax.data.types import DataError
 
 GZIP_MAGIC = b"\x1f\x8b"
+LINE = "_line"  # column of 1-based line numbers added by the readers
 
 # Field kinds understood by read_delimited:
 #   "int"   integer (ids, unix seconds)
@@ -103,7 +104,10 @@ def value_problem(kind: str, value: Optional[str]) -> Optional[str]:
 
 
 def _header_columns(text_first_line: str, sep: str) -> list[str]:
-    return next(csv.reader([text_first_line], delimiter=sep)) if text_first_line else []
+    """Column names of a header line (stripped; a UTF-8 byte-order mark is ignored)."""
+    text_first_line = text_first_line.lstrip("\ufeff")
+    cells = next(csv.reader([text_first_line], delimiter=sep)) if text_first_line else []
+    return [cell.strip() for cell in cells]
 
 
 def locate_bad_line(
@@ -126,7 +130,7 @@ def locate_bad_line(
     expected = len(fields)
     for number, row in enumerate(rows, start=1):
         if header and number == 1:
-            columns = [c.strip() for c in row]
+            columns = _header_columns(lines[0], sep)
             positions = [columns.index(name) for name in names]
             expected = len(columns)
             continue
@@ -174,16 +178,19 @@ def read_delimited(
     fields: (name, kind) pairs. Without a header they are the columns in order;
       with a header they are looked up by name (other columns are ignored, but
       every line must have as many fields as the header).
-    Returns one column per field (named as the field) plus ``line``: the
-    1-based line number of each row. Raises DataError on any bad line.
+    Returns one column per field (named as the field) plus ``_line``: the
+    1-based line number of each row (exact unless a quoted field spans lines).
+    Raises DataError on any bad line.
     """
+    if any(name == LINE for name, _ in fields):
+        raise ValueError(f"the column name {LINE!r} is reserved for line numbers")
     data = strip_trailing_newlines(data)
     n_header = 1 if header else 0
     if not data.strip():
         raise DataError(f"{path}: line 1: field '{fields[0][0]}': empty file (no data)")
     text_head = decode(data[: data.find(b"\n") if b"\n" in data else len(data)], path, encoding)
     if header:
-        columns = [c.strip() for c in _header_columns(text_head.rstrip("\r"), sep)]
+        columns = _header_columns(text_head.rstrip("\r"), sep)
         for name, _ in fields:
             if name not in columns:
                 raise DataError(
@@ -208,14 +215,14 @@ def read_delimited(
             skip_blank_lines=False,
             engine="c",
         )
-        frame.columns = [str(c).strip() for c in frame.columns]
+        frame.columns = [str(c).strip().lstrip("\ufeff") for c in frame.columns]
         frame = frame[names]
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as error:
         text = decode(data, path, encoding)
         located = locate_bad_line(text, path, fields, sep=sep, header=header, quoted=quoted)
         raise (located or DataError(f"{path}: cannot parse ({error})")) from None
     _check_parsed(frame, fields, path, n_header)
-    frame["line"] = np.arange(n_header + 1, n_header + 1 + len(frame), dtype=np.int64)
+    frame[LINE] = np.arange(n_header + 1, n_header + 1 + len(frame), dtype=np.int64)
     return frame.reset_index(drop=True)
 
 

@@ -90,7 +90,7 @@ def read_reviews(path: pathlib.Path | str) -> pd.DataFrame:
     return pd.DataFrame({
         "user": np.asarray(users, dtype=object), "item": np.asarray(items, dtype=object),
         "rating": np.asarray(ratings, dtype=np.float64), "time": np.asarray(times, dtype=np.int64),
-        "line": np.asarray(lines, dtype=np.int64),
+        "_line": np.asarray(lines, dtype=np.int64),
     })
 
 

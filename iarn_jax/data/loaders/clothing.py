@@ -35,7 +35,7 @@ def _read_split(path: pathlib.Path, split: str, time_offset: int) -> pd.DataFram
     for field in ("user", "item"):
         negative = frame[field].to_numpy() < 0
         if negative.any():
-            line = int(frame["line"].iloc[int(np.argmax(negative))])
+            line = int(frame["_line"].iloc[int(np.argmax(negative))])
             raise DataError(f"{path}: line {line}: field '{field}': negative id")
     rank = np.empty(len(frame), dtype=np.int64)
     rank[np.argsort(frame["row"].to_numpy(), kind="stable")] = np.arange(len(frame))
@@ -69,7 +69,7 @@ def read_item_categories(path: pathlib.Path, n_items: int) -> ItemFeatures:
     for field in ("item", "category", "position"):
         negative = table[field].to_numpy() < 0
         if negative.any():
-            line = int(table["line"].iloc[int(np.argmax(negative))])
+            line = int(table["_line"].iloc[int(np.argmax(negative))])
             raise DataError(f"{path}: line {line}: field '{field}': negative value")
     table = table.sort_values(["item", "position"], kind="stable")
     items, categories = table["item"].to_numpy(), table["category"].to_numpy()
@@ -102,7 +102,7 @@ def load_clothing(path: pathlib.Path | str) -> Dataset:
         n_items = len(features.paths)
     dataset = build_dataset(
         raw,
-        name=folder.name,
+        name=folder.absolute().name,
         sources=[str(folder / "train.csv"), str(folder / "test.csv")],
         rating_scale=RATING_SCALE,
         time_unit="order",

@@ -37,7 +37,7 @@ def _resolve(path: pathlib.Path | str, default_file: str) -> tuple[pathlib.Path,
         return path, path / default_file
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    return path.parent, path
+    return path.absolute().parent, path
 
 
 # --------------------------------------------------------------------------- 100K
@@ -85,7 +85,7 @@ def load_movielens_100k(path: pathlib.Path | str) -> Dataset:
     fields = [("user id", "int"), ("item id", "int"), ("rating", "float"), ("timestamp", "int")]
     raw = read_delimited(read_bytes(ratings_path), str(ratings_path), fields, sep="\t")
     raw = raw.rename(columns={"user id": "user", "item id": "item", "timestamp": "time"})
-    dataset = build_dataset(raw, name=folder.name, sources=[str(ratings_path)], rating_scale=(1.0, 5.0))
+    dataset = build_dataset(raw, name=folder.absolute().name, sources=[str(ratings_path)], rating_scale=(1.0, 5.0))
     item_file = folder / "u.item"
     if not item_file.exists():
         return dataset
@@ -158,7 +158,7 @@ def load_movielens_dat(path: pathlib.Path | str) -> Dataset:
     ratings = raw["rating"].to_numpy()
     half_stars = bool(((ratings < 1) | (ratings != np.round(ratings))).any())
     scale = (0.5, 5.0) if half_stars else (1.0, 5.0)
-    dataset = build_dataset(raw, name=folder.name, sources=[str(ratings_path)], rating_scale=scale,
+    dataset = build_dataset(raw, name=folder.absolute().name, sources=[str(ratings_path)], rating_scale=scale,
                             rating_field="Rating")
     movies_path = folder / "movies.dat"
     return _with_movies(dataset, read_movies_dat(movies_path)) if movies_path.exists() else dataset
@@ -178,7 +178,7 @@ def load_movielens_csv(path: pathlib.Path | str) -> Dataset:
     fields = [("userId", "int"), ("movieId", "int"), ("rating", "float"), ("timestamp", "int")]
     raw = read_delimited(read_bytes(ratings_path), str(ratings_path), fields, header=True)
     raw = raw.rename(columns={"userId": "user", "movieId": "item", "timestamp": "time"})
-    dataset = build_dataset(raw, name=folder.name, sources=[str(ratings_path)], rating_scale=(0.5, 5.0))
+    dataset = build_dataset(raw, name=folder.absolute().name, sources=[str(ratings_path)], rating_scale=(0.5, 5.0))
     movies_path = folder / "movies.csv"
     if not movies_path.exists():
         return dataset

@@ -115,7 +115,7 @@ def read_netflix_ratings(path: pathlib.Path | str) -> pd.DataFrame:
         "rating": ratings,
         "time": dates_to_unix_seconds(frame["date"].iloc[rows].to_numpy(dtype=object), rating_lines, str(path),
                                       "Date", DATE_FORMAT),
-        "line": rating_lines,
+        "_line": rating_lines,
     })
 
 
@@ -161,7 +161,7 @@ def load_netflix(paths: str | pathlib.Path | Sequence, titles_path=None) -> Data
         frame["file"] = index
         frames.append(frame)
     raw = pd.concat(frames, ignore_index=True)
-    name = files[0].parent.name if len(files) > 1 else files[0].stem
+    name = files[0].absolute().parent.name if len(files) > 1 else files[0].stem
     dataset = build_dataset(raw, name=name or "netflix", sources=[str(p) for p in files],
                             rating_scale=RATING_SCALE, rating_field="Rating")
     return _with_titles(dataset, titles_path)
@@ -172,10 +172,10 @@ def load_netflix_sample_csv(path: str | pathlib.Path, titles_path=None) -> Datas
     path = pathlib.Path(path)
     fields = [("MovieID", "int"), ("UserID", "int"), ("Rating", "float"), ("Date", "str")]
     raw = read_delimited(read_bytes(path), str(path), fields, header=True)
-    time = dates_to_unix_seconds(raw["Date"].to_numpy(dtype=object), raw["line"].to_numpy(), str(path),
+    time = dates_to_unix_seconds(raw["Date"].to_numpy(dtype=object), raw["_line"].to_numpy(), str(path),
                                  "Date", DATE_FORMAT)
     raw = pd.DataFrame({"user": raw["UserID"], "item": raw["MovieID"], "rating": raw["Rating"],
-                        "time": time, "line": raw["line"]})
+                        "time": time, "_line": raw["_line"]})
     dataset = build_dataset(raw, name=path.stem, sources=[str(path)], rating_scale=RATING_SCALE,
                             rating_field="Rating")
     return _with_titles(dataset, titles_path)

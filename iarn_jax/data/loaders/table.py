@@ -121,7 +121,7 @@ def load_table(
         lines = np.arange(1, len(frame) + 1, dtype=np.int64)
     else:
         frame = _read_csv(path, columns, sep, time_format)
-        lines = frame["line"].to_numpy()
+        lines = frame["_line"].to_numpy()
     source = str(path)
     ratings = pd.to_numeric(frame[columns["rating"]], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     check_ratings(ratings, (-np.inf, np.inf), lines, np.zeros(len(lines), np.int64), [source], columns["rating"])
@@ -134,7 +134,7 @@ def load_table(
         "item": normalize_ids(frame[columns["item"]], lines, source, columns["item"]),
         "rating": ratings,
         "time": time,
-        "line": lines,
+        "_line": lines,
     })
     scale = rating_scale if rating_scale is not None else (float(ratings.min()), float(ratings.max()))
     return build_dataset(raw, name=path.stem, sources=[source], rating_scale=scale,

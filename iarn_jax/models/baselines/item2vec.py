@@ -100,9 +100,9 @@ class SkipGramRecommender:
     contexts: int = 5
     n_neg: int = 5
     batch_size: int = 1024
-    table_lr: float = 0.05
+    table_lr: float = 0.5
     similarity: str = "cosine"
-    max_epochs: int = 30
+    max_epochs: int = 20
     patience: int = 3
     grid: Optional[Sequence[Mapping[str, Any]]] = DEFAULT_GRID
     refit: bool = True
