@@ -21,7 +21,7 @@ from iarn_jax.models.iarn import IARN
 from iarn_jax.training import loop
 from iarn_jax.training.config import TrainConfig
 from iarn_jax.training.optimizer import get_learning_rate, make_optimizer, set_learning_rate
-from iarn_jax.training.step import TrainState, make_mesh, make_train_step, put_batch
+from iarn_jax.training.step import create_train_state, make_mesh, make_train_step, put_batch
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SMALL = dict(n_users=120, n_items=60, n_ratings=3000, seed=0)
@@ -79,8 +79,7 @@ def test_one_train_step_changes_params_and_lowers_loss(small_split):
     tx = make_optimizer(TrainConfig())
     mesh = make_mesh(jax.devices()[:1])
     step = make_train_step(loop.make_apply_fn(model), tx, mesh)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                       rng=jax.random.PRNGKey(1))
+    state = create_train_state(params, tx, jax.random.PRNGKey(1), mesh)
     before = jax.tree_util.tree_map(np.asarray, params)
     losses = []
     for _ in range(5):

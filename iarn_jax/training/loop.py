@@ -28,7 +28,7 @@ from iarn_jax.models.iarn import IARN
 from iarn_jax.training import checkpoint
 from iarn_jax.training.config import TrainConfig
 from iarn_jax.training.optimizer import get_learning_rate, make_optimizer, set_learning_rate
-from iarn_jax.training.step import TrainState, make_eval_step, make_mesh, make_train_step, put_batch
+from iarn_jax.training.step import create_train_state, make_eval_step, make_mesh, make_train_step, put_batch
 
 
 @dataclasses.dataclass
@@ -240,9 +240,7 @@ def train(
         data.train, data.user_histories, data.item_histories, max_len=cfg.max_len,
     )
     params = jax.jit(lambda r, b: model.init(r, b, deterministic=True)["params"])(init_rng, first)
-    state = TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-                       opt_state=tx.init(params), rng=dropout_rng)
-    state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    state = create_train_state(params, tx, dropout_rng, mesh)
     train_step = make_train_step(apply_fn, tx, mesh)
     eval_step = make_eval_step(apply_fn, mesh)
 

@@ -29,6 +29,20 @@ class TrainState:
     rng: jax.Array
 
 
+def create_train_state(params: Any, tx: optax.GradientTransformation, rng: jax.Array,
+                       mesh: Optional[Mesh] = None) -> TrainState:
+    """A fresh train state with every leaf in its own buffer (safe to donate), replicated on `mesh`.
+
+    optax may initialise several state leaves from one shared constant buffer;
+    donating the state would then donate that buffer twice, so each leaf is copied.
+    """
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng)
+    state = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), state)
+    if mesh is not None:
+        state = jax.device_put(state, replicated(mesh))
+    return state
+
+
 def make_mesh(devices: Optional[list] = None) -> Mesh:
     """A 1-D data-parallel mesh over the given (default: all global) devices."""
     devices = list(jax.devices()) if devices is None else list(devices)

@@ -67,7 +67,7 @@ import optax
 from iarn_jax.data.types import ItemFeatures, ProtocolSplit
 from iarn_jax.models.baselines import _neural_common as nc
 
-DEFAULT_GRID = ({"l2": 0.02}, {"l2": 0.05}, {"l2": 0.1})
+DEFAULT_GRID = ({"l2": 0.05}, {"l2": 0.1}, {"l2": 0.2})
 
 
 def category_parents(path_ids: np.ndarray, path_mask: np.ndarray, n_features: int) -> np.ndarray:
