@@ -20,7 +20,7 @@ from absl import app, flags
 
 from iarn_jax.models.config import VARIANTS, ModelConfig
 from iarn_jax.training.config import TrainConfig
-from iarn_jax.training.experiment import run_experiment
+from iarn_jax.training.experiment import enable_compilation_cache, run_experiment
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("protocol", "synthetic", ["synthetic", "clothing", "ml100k", "mlsmall"], "Named protocol.")
@@ -35,6 +35,7 @@ flags.DEFINE_integer("seed", 0, "Seed of initialisation, dropout and batch order
 flags.DEFINE_integer("split_seed", 123, "Seed of the validation split (the reference code's 123).")
 flags.DEFINE_integer("min_len", 3, "Minimum training ratings per kept user and item.")
 flags.DEFINE_string("results_json", None, "Write the results as JSON here.")
+flags.DEFINE_bool("compilation_cache", True, "Reuse compiled steps across runs (~/.cache/iarn_jax/xla).")
 flags.DEFINE_multi_string("set", [], "Config overrides: model.FIELD=VALUE or train.FIELD=VALUE.")
 
 
@@ -62,6 +63,8 @@ def main(argv):
     if FLAGS.data and not FLAGS.cut:
         raise app.UsageError("--data needs --cut=YYYY-MM-DD (the global time cut)")
     model_overrides, train_overrides = parse_overrides(FLAGS.set)
+    if FLAGS.compilation_cache:
+        enable_compilation_cache()
     run_experiment(
         FLAGS.protocol,
         data_root=FLAGS.data_root,

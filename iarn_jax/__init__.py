@@ -6,6 +6,7 @@ Top-level API (imported lazily so that ``import iarn_jax.data`` stays light):
   iarn_jax.predict(result, pairs_df) -> predicted ratings
   iarn_jax.load_protocol(name, data_root) -> ProtocolSplit
   iarn_jax.ModelConfig / iarn_jax.TrainConfig
+  iarn_jax.explain(result, user, item) -> Explanation (prediction + gates of both histories)
 """
 __version__ = "0.1.0"
 
@@ -17,6 +18,7 @@ _LAZY = {
     "ModelConfig": ("iarn_jax.models.config", "ModelConfig"),
     "load_protocol": ("iarn_jax.data.protocols", "load_protocol"),
     "run_experiment": ("iarn_jax.training.experiment", "run_experiment"),
+    "explain": ("iarn_jax.interpret.explain", "explain"),
 }
 
 

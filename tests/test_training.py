@@ -159,3 +159,21 @@ def test_sharded_step_on_four_host_devices_matches_one_device():
     assert int(devices) == 4
     assert float(maxdiff) < 1e-4  # same parameters up to float reduction order
     assert float(rmse1) == pytest.approx(float(rmse4), abs=1e-4)
+
+
+def test_bias_init_starts_at_the_bias_only_model(small_split):
+    """With biases initialised from BaselineOnly, prediction = ALS baseline + towers' inner product."""
+    from iarn_jax.models.baselines.bias import BiasBaseline
+
+    config = loop.complete_model_config(dataclasses.replace(TINY_MODEL, bias="global_user_item"), small_split)
+    data, batch = _fixed_batch(small_split)
+    model = IARN(config)
+    params = loop.init_biases_from_baseline(model.init(jax.random.PRNGKey(0), batch)["params"], small_split, config)
+    pred, aux = model.apply({"params": params}, batch)
+    train = small_split.train
+    base = BiasBaseline().fit_arrays(train["user"].to_numpy(), train["item"].to_numpy(),
+                                     train["rating"].to_numpy(np.float64), small_split.n_users, small_split.n_items)
+    expected_bias = base.predict(batch["user"], batch["item"])
+    np.testing.assert_allclose(np.asarray(aux["bias"]), expected_bias, rtol=1e-5, atol=1e-5)
+    dot = np.sum(np.asarray(aux["user_representation"]) * np.asarray(aux["item_representation"]), -1)
+    np.testing.assert_allclose(np.asarray(pred), expected_bias + dot, rtol=1e-5, atol=1e-4)

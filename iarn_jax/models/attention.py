@@ -28,15 +28,18 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from iarn_jax.models.initializers import bias_init, kernel_init, matmul, resolve_dtype
-from iarn_jax.models.recurrence import masked_rnn_scan, softplus_beta
+from iarn_jax.models.recurrence import bidirectional_rnn_scan, softplus_beta
 
 
 def last_valid(values: jax.Array, mask: jax.Array) -> jax.Array:
-    """values [b, t, f] at each sequence's last valid step -> [b, f] (zeros for empty sequences)."""
+    """values [b, t, f] at each sequence's last valid step -> [b, f] (zeros for empty sequences).
+
+    A one-hot select-and-sum rather than a gather: exact (one non-zero term), and its gradient is an
+    elementwise broadcast instead of a scatter into a zero [b, t, f] buffer.
+    """
     lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
-    index = jnp.maximum(lengths - 1, 0)
-    picked = jnp.take_along_axis(values, index[:, None, None], axis=1)[:, 0]
-    return jnp.where((lengths > 0)[:, None], picked, 0.0)
+    last = jnp.arange(values.shape[1])[None, :] == (lengths - 1)[:, None]  # [b, t]; none if empty
+    return jnp.sum(jnp.where(last[..., None], values, 0.0), axis=1)
 
 
 def attention_gates(
@@ -73,6 +76,7 @@ class AttentionBiRNN(nn.Module):
     dropout: float = 0.0
     torch_init: bool = True
     compute_dtype: str = "float32"
+    unroll: int = 1  # lax.scan unroll factor of the bi-RNN scan (speed only)
 
     def setup(self):
         d, a = self.input_dim, self.attention_size
@@ -93,19 +97,18 @@ class AttentionBiRNN(nn.Module):
         """x [b, t, d], mask [b, t] -> (context [b, t, 2A], summary [b, 2A])."""
         dtype = resolve_dtype(self.compute_dtype)
         activation = lambda z: softplus_beta(z, self.softplus_beta)  # noqa: E731
-        outputs = []
-        for direction in ("forward", "backward"):
-            w_in, b_in, w_rec, b_rec = self.direction_params[direction]
-            proj = matmul(x, w_in, dtype) + (b_in + b_rec)  # hoisted out of the scan
-            out, _ = masked_rnn_scan(
-                proj, mask, w_rec, activation=activation, reverse=direction == "backward",
-                compute_dtype=dtype,
-            )
-            outputs.append(out)
-        context = jnp.concatenate(outputs, axis=-1)  # [b, t, 2A], zeros on padding
+        a = self.attention_size
+        (wf, bf, uf, rbf), (wb, bb, ub, rbb) = (self.direction_params[d] for d in ("forward", "backward"))
+        # Both input projections as one time-major matmul, hoisted out of the scan.
+        x_tm = jnp.swapaxes(x, 0, 1)  # [t, b, d]
+        proj = matmul(x_tm, jnp.concatenate([wf, wb], axis=1), dtype) + jnp.concatenate([bf + rbf, bb + rbb])
+        fwd, bwd = bidirectional_rnn_scan(
+            proj[..., :a], proj[..., a:], jnp.swapaxes(mask, 0, 1), uf, ub,
+            activation=activation, compute_dtype=dtype, unroll=self.unroll,
+        )
+        context = jnp.swapaxes(jnp.concatenate([fwd, bwd], axis=-1), 0, 1)  # [b, t, 2A], zeros on padding
         # Dropout on the outputs only (per step, per unit, not variational), as the reference.
         context = self.output_dropout(context, deterministic=deterministic or self.dropout == 0.0)
-        a = self.attention_size
         summary = jnp.concatenate(
             [last_valid(context[..., :a], mask), context[:, 0, a:]], axis=-1
         )  # [fwd at last valid step ; bwd at step 1]

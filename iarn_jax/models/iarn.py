@@ -60,11 +60,15 @@ def register_feature_encoder(name: str, factory: Callable[..., Optional[nn.Modul
 def build_feature_encoder(config: ModelConfig, side: str, feature_data: Any) -> Optional[nn.Module]:
     if config.feature_encoder is None:
         return None
-    if config.feature_encoder not in FEATURE_ENCODERS:
+    # A name may carry options after ":" (e.g. "hier:step:r8"); the factory reads them from the config.
+    key = config.feature_encoder if config.feature_encoder in FEATURE_ENCODERS else config.feature_encoder.split(":")[0]
+    if key not in FEATURE_ENCODERS:
+        import iarn_jax.models.features  # noqa: F401  (registers the built-in encoders)
+    if key not in FEATURE_ENCODERS:
         raise ValueError(
             f"unknown feature encoder {config.feature_encoder!r}; registered: {sorted(FEATURE_ENCODERS)}"
         )
-    return FEATURE_ENCODERS[config.feature_encoder](config=config, side=side, feature_data=feature_data)
+    return FEATURE_ENCODERS[key](config=config, side=side, feature_data=feature_data)
 
 
 class SideEncoding(NamedTuple):

@@ -19,6 +19,10 @@ class TrainConfig:
       the reference code) or "causal" (a training pair sees only earlier steps).
     max_len: keep only the most recent max_len steps of each history (None = all).
     eval_every: steps between validation evaluations (0 = once per epoch).
+    bias_init: with a model that has bias terms, "baseline" starts the per-user
+      and per-item biases at the regularised bias-only (BaselineOnly ALS) solution
+      fitted on the training pairs, so the recurrent towers learn the residual;
+      "zeros" starts them at 0.
     """
 
     batch_size: int = 64
@@ -42,11 +46,14 @@ class TrainConfig:
     log_every: int = 50
     checkpoint_every_eval: bool = True
     prefetch: int = 2
+    bias_init: str = "baseline"
 
     def __post_init__(self):
         if self.history_mode not in ("full", "causal"):
             raise ValueError(f"history_mode must be 'full' or 'causal', got {self.history_mode!r}")
         if self.batch_size <= 0 or self.eval_batch_size <= 0:
             raise ValueError("batch sizes must be positive")
+        if self.bias_init not in ("baseline", "zeros"):
+            raise ValueError(f"bias_init must be 'baseline' or 'zeros', got {self.bias_init!r}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")

@@ -29,9 +29,29 @@ PROTOCOL_MODEL_DEFAULTS = {
     "mlsmall": {"embed_dim": 25, "dropout": 0.0},
     "clothing": {"embed_dim": 50, "dropout": 0.5},
 }
+PROTOCOL_DATA_DEFAULTS = {
+    # The default data of `python -m experiments.train`: small enough to train in
+    # well under 3 minutes on a 2-core CPU, with histories long enough to hold
+    # several steps of each planted interest.
+    "synthetic": {"n_users": 1500, "n_items": 600, "n_ratings": 30_000},
+}
 PROTOCOL_TRAIN_DEFAULTS = {
     "synthetic": {"max_epochs": 8, "eval_every": 0, "batch_size": 128, "decay_patience": 2, "stop_patience": 3},
 }
+
+
+def enable_compilation_cache(path: Optional[str] = None) -> str:
+    """Turns on JAX's persistent compilation cache (reused across runs: one
+    compile per bucket shape, paid once per machine). Default folder:
+    $IARN_JAX_CACHE or ~/.cache/iarn_jax/xla."""
+    import os
+
+    import jax
+
+    path = path or os.environ.get("IARN_JAX_CACHE") or os.path.expanduser("~/.cache/iarn_jax/xla")
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return path
 
 
 def load_split(
@@ -51,7 +71,8 @@ def load_split(
         fmt, path = parse_data_flag(data)
         return protocols.custom_protocol(fmt, path, cut, min_len=min_len, seed=seed, val_mode=val_mode)
     root = pathlib.Path(data_root) if data_root else DEFAULT_DATA_ROOT
-    return protocols.load_protocol(protocol, root, seed=seed, min_len=min_len, val_mode=val_mode)
+    return protocols.load_protocol(protocol, root, seed=seed, min_len=min_len, val_mode=val_mode,
+                                   **PROTOCOL_DATA_DEFAULTS.get(protocol, {}))
 
 
 def bias_baseline_metrics(split: ProtocolSplit, seed: int = 0) -> dict:

@@ -57,7 +57,16 @@ class TrainResult:
 
     @property
     def model(self) -> IARN:
-        return IARN(self.model_config)
+        return build_model(self.model_config, self.data.split)
+
+
+def build_model(model_config: ModelConfig, split: ProtocolSplit) -> IARN:
+    """IARN with the split's item features when the config names a feature encoder."""
+    if model_config.feature_encoder is None:
+        return IARN(model_config)
+    from iarn_jax.models.features import feature_data_for
+
+    return IARN(model_config, feature_data=feature_data_for(model_config, split.dataset))
 
 
 def prepare_data(split: ProtocolSplit, history_mode: str = "full") -> PreparedData:
@@ -87,6 +96,30 @@ def complete_model_config(model_config: ModelConfig, split: ProtocolSplit) -> Mo
         n_items=split.n_items,
         global_mean=float(split.train["rating"].mean()),
     )
+
+
+def init_biases_from_baseline(params: Any, split: ProtocolSplit, model_config: ModelConfig) -> Any:
+    """Sets the per-user / per-item bias parameters to the BaselineOnly ALS solution.
+
+    The ALS fit uses split.train only (validation stays unseen). With a
+    "global_user_item" model the global mean is the config's global_mean (the
+    train mean), which is also the ALS mu, so the model starts at the bias-only
+    predictor plus the towers' inner product.
+    """
+    from iarn_jax.models.baselines.bias import BiasBaseline
+
+    train = split.train
+    base = BiasBaseline().fit_arrays(train["user"].to_numpy(), train["item"].to_numpy(),
+                                     train["rating"].to_numpy(np.float64), split.n_users, split.n_items)
+    # Without a global term ("user_item"), each side carries half of mu, as the
+    # reference code initialises each bias to half the entity's mean rating.
+    half_mu = 0.0 if model_config.bias == "global_user_item" else base.mu / 2
+    params = dict(params)
+    for tower, values in (("user_tower", base.b_user + half_mu), ("item_tower", base.b_item + half_mu)):
+        side = dict(params[tower])
+        side["entity_bias"] = jax.numpy.asarray(values, side["entity_bias"].dtype)
+        params[tower] = side
+    return params
 
 
 def make_apply_fn(model: IARN) -> Callable:
@@ -228,7 +261,7 @@ def train(
     n_dev = mesh.devices.size
     if cfg.batch_size % n_dev or cfg.eval_batch_size % n_dev:
         raise ValueError(f"batch sizes ({cfg.batch_size}, {cfg.eval_batch_size}) must divide over {n_dev} devices")
-    model = IARN(model_config)
+    model = build_model(model_config, split)
     apply_fn = make_apply_fn(model)
     tx = make_optimizer(cfg)
 
@@ -240,6 +273,8 @@ def train(
         data.train, data.user_histories, data.item_histories, max_len=cfg.max_len,
     )
     params = jax.jit(lambda r, b: model.init(r, b, deterministic=True)["params"])(init_rng, first)
+    if model_config.bias != "none" and cfg.bias_init == "baseline":
+        params = init_biases_from_baseline(params, split, model_config)
     state = create_train_state(params, tx, dropout_rng, mesh)
     train_step = make_train_step(apply_fn, tx, mesh)
     eval_step = make_eval_step(apply_fn, mesh)

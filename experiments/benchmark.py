@@ -1,0 +1,387 @@
+r"""Speed benchmark of IARN (the "Speed measures" of ../shared/docs/benchmarks.md).
+
+  python -m experiments.benchmark            # readable table
+  python -m experiments.benchmark --json     # one JSON object on stdout
+  python -m experiments.benchmark --pipeline # + host pipeline: histories / plans at 1M, 3M, 10M ratings
+  python -m experiments.benchmark --scale    # + sharded step on 1, 2, 4 forced host devices
+
+Measured (all in this one process, so ratios are comparable on a noisy shared machine):
+
+* train step examples/s (forward + backward + RMSprop update, jit, donated state) of the full
+  IARN at batch 64 and 512, user and item histories padded to ``--history_len`` (50), embedding 25,
+  hidden and attention 64; median over ``--repeats`` timed runs after compilation;
+* ``flops_per_example`` from :func:`iarn_jax.models.flops.flops_per_example` at the padded lengths;
+* fp32 matmul GFLOP/s of a large square matmul (jit, median);
+* efficiency = achieved train FLOP/s / matmul FLOP/s (at batch 512 and 64);
+* scorer pairs/s: one user against ``--score_candidates`` candidate items through
+  ``IARN.encode_user`` / ``encode_item`` / ``pair`` in one jit function.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+def _median_rate(fn, count: int, repeats: int) -> float:
+    """Median over ``repeats`` of count / seconds(fn()); fn must block until done."""
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        rates.append(count / (time.perf_counter() - t0))
+    return float(statistics.median(rates))
+
+
+def random_batch(rng: np.random.Generator, batch_size: int, history_len: int, n_users: int, n_items: int,
+                 full: bool = True) -> dict:
+    """A batch dict (BATCH_SPEC) with left-aligned histories padded to ``history_len``.
+
+    full=True: every history is exactly ``history_len`` long (the padded workload of the benchmark);
+    otherwise lengths are uniform in [1, history_len].
+    """
+    def side(n_counterparts):
+        if full:
+            lengths = np.full(batch_size, history_len)
+        else:
+            lengths = rng.integers(1, history_len + 1, batch_size)
+        mask = np.arange(history_len)[None, :] < lengths[:, None]
+        ids = np.where(mask, rng.integers(0, n_counterparts, (batch_size, history_len)), 0).astype(np.int32)
+        ratings = np.where(mask, rng.integers(1, 6, (batch_size, history_len)), 0).astype(np.float32)
+        return ids, ratings, mask
+
+    u_ids, u_r, u_m = side(n_items)
+    i_ids, i_r, i_m = side(n_users)
+    return {
+        "user": rng.integers(0, n_users, batch_size).astype(np.int32),
+        "item": rng.integers(0, n_items, batch_size).astype(np.int32),
+        "rating": rng.integers(1, 6, batch_size).astype(np.float32),
+        "weight": np.ones(batch_size, np.float32),
+        "user_history": u_ids, "user_history_rating": u_r, "user_history_mask": u_m,
+        "item_history": i_ids, "item_history_rating": i_r, "item_history_mask": i_m,
+    }
+
+
+def model_config(embed_dim=25, hidden_size=64, attention_size=64, n_users=5000, n_items=5000,
+                 variant="iarn", compute_dtype="float32"):
+    from iarn_jax.models.config import ModelConfig
+
+    return ModelConfig(variant=variant, n_users=n_users, n_items=n_items, embed_dim=embed_dim,
+                       hidden_size=hidden_size, attention_size=attention_size, use_rating_input=True,
+                       compute_dtype=compute_dtype)
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """fp32 GFLOP/s of a jit-compiled [size, size] @ [size, size] matmul (median)."""
+    import jax
+    import jax.numpy as jnp
+
+    key = jax.random.PRNGKey(0)
+    a = jax.random.normal(key, (size, size), jnp.float32)
+    b = jax.random.normal(jax.random.fold_in(key, 1), (size, size), jnp.float32)
+    f = jax.jit(jnp.matmul)
+    f(a, b).block_until_ready()
+    inner = max(1, int(2e9 / (2 * size**3)))  # ~2 GFLOP per timed run at least
+    def run():
+        out = None
+        for _ in range(inner):
+            out = f(a, b)
+        out.block_until_ready()
+    return _median_rate(run, 2 * size**3 * inner, repeats) / 1e9
+
+
+def train_step_rate(config, batch_size: int, history_len: int, *, steps: int = 5, repeats: int = 5,
+                    devices: Optional[list] = None, seed: int = 0) -> float:
+    """Median train examples/s of the jit train step (after compilation)."""
+    import jax
+
+    from iarn_jax.models.iarn import IARN
+    from iarn_jax.training.config import TrainConfig
+    from iarn_jax.training.loop import make_apply_fn
+    from iarn_jax.training.optimizer import make_optimizer
+    from iarn_jax.training.step import create_train_state, make_mesh, make_train_step, put_batch
+
+    rng = np.random.default_rng(seed)
+    mesh = make_mesh(devices)
+    model = IARN(config)
+    host = random_batch(rng, batch_size, history_len, config.n_users, config.n_items)
+    params = jax.jit(lambda r, b: model.init(r, b)["params"])(jax.random.PRNGKey(seed), host)
+    tx = make_optimizer(TrainConfig())
+    state = create_train_state(params, tx, jax.random.PRNGKey(seed + 1), mesh)
+    step = make_train_step(make_apply_fn(model), tx, mesh)
+    batch = put_batch(host, mesh)
+    holder = {"state": state}
+
+    def run(n=steps):
+        s = holder["state"]
+        for _ in range(n):
+            s, metrics = step(s, batch)
+        jax.block_until_ready((s, metrics))
+        holder["state"] = s
+
+    run(2)  # compile + warm up
+    return _median_rate(run, steps * batch_size, repeats)
+
+
+def score_rate(config, n_candidates: int, history_len: int, *, repeats: int = 5, seed: int = 0) -> float:
+    """Median (user, item) pairs/s scoring one user against ``n_candidates`` items (encode + pair, jit)."""
+    import jax
+
+    from iarn_jax.models.iarn import IARN
+
+    rng = np.random.default_rng(seed)
+    model = IARN(config)
+    host = random_batch(rng, n_candidates, history_len, config.n_users, config.n_items)
+    params = jax.jit(lambda r, b: model.init(r, {k: v[:2] for k, v in b.items()})["params"])(
+        jax.random.PRNGKey(seed), host)
+
+    @jax.jit
+    def score(params, user, uh, uhr, uhm, item, ih, ihr, ihm):
+        variables = {"params": params}
+        ue = model.apply(variables, user, uh, uhr, uhm, method=IARN.encode_user)
+        ie = model.apply(variables, item, ih, ihr, ihm, method=IARN.encode_item)
+        pred, _ = model.apply(variables, ue, ie, method=IARN.pair)
+        return pred
+
+    args = [params, host["user"][:1], host["user_history"][:1], host["user_history_rating"][:1],
+            host["user_history_mask"][:1], host["item"], host["item_history"], host["item_history_rating"],
+            host["item_history_mask"]]
+    args = [jax.device_put(a) for a in args]
+    score(*args).block_until_ready()
+    return _median_rate(lambda: score(*args).block_until_ready(), n_candidates, repeats)
+
+
+def run_speed(*, batch_sizes: Sequence[int] = (64, 512), history_len: int = 50, embed_dim: int = 25,
+              hidden_size: int = 64, attention_size: int = 64, n_users: int = 5000, n_items: int = 5000,
+              steps: int = 5, repeats: int = 5, matmul_size: int = 2048, score_candidates: int = 2048,
+              compute_dtype: str = "float32") -> dict:
+    """The benchmark's speed figures as a flat dict (see the module docstring)."""
+    import jax
+
+    from iarn_jax.models.flops import flops_per_example
+
+    config = model_config(embed_dim, hidden_size, attention_size, n_users, n_items, compute_dtype=compute_dtype)
+    flops = flops_per_example(config, history_len, history_len, training=True)
+    gflops = matmul_gflops(matmul_size, repeats)
+    out = {
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0].device_kind),
+        "n_devices": jax.device_count(),
+        "history_len": history_len, "embed_dim": embed_dim, "hidden_size": hidden_size,
+        "attention_size": attention_size, "compute_dtype": compute_dtype,
+        "flops_per_example": flops,
+        "matmul_gflops": gflops,
+    }
+    for b in batch_sizes:
+        rate = train_step_rate(config, b, history_len, steps=steps, repeats=repeats)
+        out[f"train_examples_per_second_b{b}"] = rate
+        out[f"train_gflops_b{b}"] = rate * flops / 1e9
+        out[f"efficiency_b{b}"] = rate * flops / (gflops * 1e9)
+    out["score_candidates"] = score_candidates
+    out["score_pairs_per_second"] = score_rate(config, score_candidates, history_len, repeats=repeats)
+    return out
+
+
+# -- input pipeline ---------------------------------------------------------------------------------
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+_PIPELINE_CHILD = r"""
+import json, sys, time, resource
+import numpy as np, pandas as pd
+from iarn_jax.data import batching, histories
+n = int(sys.argv[1]); batch_size = int(sys.argv[2])
+rng = np.random.default_rng(0)
+n_users, n_items = max(n // 50, 10), max(n // 100, 10)
+df = pd.DataFrame({"user": rng.integers(0, n_users, n), "item": (rng.zipf(1.3, n) - 1) % n_items,
+                   "rating": rng.integers(1, 6, n).astype(np.float32), "time": rng.integers(0, 10**9, n)})
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+t0 = time.perf_counter()
+uh, ih = histories.build_histories(df, n_users, n_items)
+t1 = time.perf_counter()
+pairs = histories.make_pairs(df, uh, ih, mode="full")
+t2 = time.perf_counter()
+plan = batching.make_batch_plan(pairs, batch_size, seed=0, epoch=0)
+t3 = time.perf_counter()
+k = min(len(plan), 200)
+for j in range(k):
+    batching.materialize(plan[j], pairs, uh, ih)
+t4 = time.perf_counter()
+print(json.dumps({"ratings": n, "histories_s": t1 - t0, "pairs_s": t2 - t1, "plan_s": t3 - t2,
+                  "total_s": t3 - t0, "materialize_batches_per_s": k / (t4 - t3),
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+                  "rss_before_mb": base}))
+"""
+
+
+def run_pipeline(sizes: Sequence[int] = (1_000_000, 3_000_000, 10_000_000), batch_size: int = 512) -> list:
+    """Histories + pairs + batch plan for synthetic rating tables of each size, each in a fresh
+    subprocess (so peak RSS is per size): seconds and peak resident memory."""
+    results = []
+    for n in sizes:
+        proc = subprocess.run([sys.executable, "-c", _PIPELINE_CHILD, str(n), str(batch_size)],
+                              capture_output=True, text=True, check=True)
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return results
+
+
+def run_epoch(protocol: str = "clothing", data_root: Optional[str] = None, batch_size: int = 512,
+              max_steps: int = 200) -> dict:
+    """A real training loop (prefetching host batches) vs the pure train step on the same batches.
+
+    Returns loop examples/s (``train()``'s own count over its train-step wall time, batches built in
+    the prefetch thread), the wall-clock rate of the whole loop excluding compile and evaluation, and
+    the pure step rate on the same padded shapes.
+    """
+    import jax
+
+    from iarn_jax.data import batching
+    from iarn_jax.data.protocols import load_protocol
+    from iarn_jax.models.config import ModelConfig
+    from iarn_jax.training import loop
+    from iarn_jax.training.config import TrainConfig
+    from iarn_jax.training.step import create_train_state, make_mesh, make_train_step, put_batch
+
+    split = load_protocol(protocol, data_root)
+    cfg = TrainConfig(batch_size=batch_size, eval_every=10**9, max_steps=max_steps, max_epochs=1,
+                      log_every=0, checkpoint_every_eval=False)
+    model_cfg = ModelConfig(variant="iarn", use_rating_input=True)
+    data = loop.prepare_data(split, cfg.history_mode)
+    # Warm-up run compiles every (Tu, Ti) shape of the first max_steps batches.
+    t0 = time.perf_counter()
+    loop.train(split, model_cfg, cfg, verbose=False, data=data)
+    warm = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = loop.train(split, model_cfg, cfg, verbose=False, data=data)
+    wall = time.perf_counter() - t0
+    # Pure step: the same plan's first max_steps batches, pre-materialised and pre-placed.
+    full_cfg = loop.complete_model_config(model_cfg, split)
+    from iarn_jax.models.iarn import IARN
+    from iarn_jax.training.optimizer import make_optimizer
+    model = IARN(full_cfg)
+    mesh = make_mesh()
+    plan = batching.make_batch_plan(data.train, batch_size, seed=cfg.seed, epoch=0,
+                                    bucket_lengths=cfg.bucket_lengths, max_len=cfg.max_len)
+    k = min(max_steps, len(plan))
+    batches = [put_batch(batching.materialize(plan[j], data.train, data.user_histories, data.item_histories),
+                         mesh) for j in range(k)]
+    params = jax.jit(lambda r, b: model.init(r, b)["params"])(jax.random.PRNGKey(0), batches[0])
+    tx = make_optimizer(cfg)
+    state = create_train_state(params, tx, jax.random.PRNGKey(1), mesh)
+    step = make_train_step(loop.make_apply_fn(model), tx, mesh)
+    for b in batches:  # compile all shapes
+        state, m = step(state, b)
+    jax.block_until_ready(state)
+    t0 = time.perf_counter()
+    for b in batches:
+        state, m = step(state, b)
+    jax.block_until_ready(state)
+    pure = k * batch_size / (time.perf_counter() - t0)
+    loop_rate = res.metrics["train_examples_per_second"]
+    return {"protocol": protocol, "batch_size": batch_size, "steps": k,
+            "loop_examples_per_second": loop_rate, "pure_step_examples_per_second": pure,
+            "loop_over_pure": loop_rate / pure, "loop_wall_seconds": wall, "first_run_seconds": warm}
+
+
+# -- scaling over forced host devices ---------------------------------------------------------------
+
+_SCALE_CHILD = r"""
+import json, sys
+from experiments.benchmark import model_config, train_step_rate
+b, t = int(sys.argv[1]), int(sys.argv[2])
+cfg = model_config()
+print(json.dumps({"rate": train_step_rate(cfg, b, t, steps=3, repeats=3)}))
+"""
+
+
+def run_scale(device_counts: Sequence[int] = (1, 2, 4), batch_size: int = 512, history_len: int = 50) -> dict:
+    """Train-step examples/s with the batch sharded over N forced host devices (subprocesses)."""
+    out = {}
+    for n in device_counts:
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}", "JAX_PLATFORMS": "cpu"}
+        proc = subprocess.run([sys.executable, "-c", _SCALE_CHILD, str(batch_size), str(history_len)],
+                              capture_output=True, text=True, env=env, check=True)
+        out[f"train_examples_per_second_{n}dev"] = json.loads(proc.stdout.strip().splitlines()[-1])["rate"]
+    return out
+
+
+def format_table(result: dict) -> str:
+    rows = [(k, v) for k, v in result.items() if not isinstance(v, (list, dict))]
+    width = max(len(k) for k, _ in rows)
+    lines = []
+    for k, v in rows:
+        text = f"{v:,.4g}" if isinstance(v, float) else str(v)
+        lines.append(f"{k:<{width}}  {text}")
+    for k, v in result.items():
+        if isinstance(v, list):
+            lines.append(f"{k}:")
+            for item in v:
+                lines.append("  " + ", ".join(f"{a}={b:.4g}" if isinstance(b, float) else f"{a}={b}"
+                                              for a, b in item.items()))
+        elif isinstance(v, dict):
+            lines.append(f"{k}:")
+            for a, b in v.items():
+                lines.append(f"  {a:<{width}}  {b:,.4g}" if isinstance(b, float) else f"  {a}  {b}")
+    return "\n".join(lines)
+
+
+def main(argv):
+    from absl import flags
+
+    F = flags.FLAGS
+    if len(argv) > 1:
+        raise SystemExit(f"unexpected arguments: {argv[1:]}")
+    result = run_speed(
+        batch_sizes=[int(b) for b in F.batch_sizes], history_len=F.history_len, embed_dim=F.embed_dim,
+        hidden_size=F.hidden_size, attention_size=F.attention_size, n_users=F.n_users, n_items=F.n_items,
+        steps=F.steps, repeats=F.repeats, matmul_size=F.matmul_size, score_candidates=F.score_candidates,
+        compute_dtype=F.compute_dtype,
+    )
+    if F.pipeline:
+        result["pipeline"] = run_pipeline([int(s) for s in F.pipeline_sizes])
+    if F.epoch:
+        result["epoch"] = run_epoch(F.epoch, F.data_root, max_steps=F.epoch_steps)
+    if F.scale:
+        result["scale"] = run_scale([int(n) for n in F.scale_devices])
+    print(json.dumps(result, sort_keys=True) if F.json else format_table(result), flush=True)
+
+
+def _define_flags():
+    from absl import flags
+
+    flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+    flags.DEFINE_list("batch_sizes", ["64", "512"], "Train-step batch sizes.")
+    flags.DEFINE_integer("history_len", 50, "Padded user and item history length.")
+    flags.DEFINE_integer("embed_dim", 25, "Embedding size.")
+    flags.DEFINE_integer("hidden_size", 64, "Hidden size.")
+    flags.DEFINE_integer("attention_size", 64, "Attention size per direction.")
+    flags.DEFINE_integer("n_users", 5000, "User table size.")
+    flags.DEFINE_integer("n_items", 5000, "Item table size.")
+    flags.DEFINE_integer("steps", 5, "Train steps per timed run.")
+    flags.DEFINE_integer("repeats", 5, "Timed runs (the median is reported).")
+    flags.DEFINE_integer("matmul_size", 2048, "Side of the square fp32 matmul.")
+    flags.DEFINE_integer("score_candidates", 2048, "Candidates scored against one user.")
+    flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "Matmul input dtype.")
+    flags.DEFINE_bool("pipeline", False, "Also time histories + batch plans on synthetic ratings.")
+    flags.DEFINE_list("pipeline_sizes", ["1000000", "3000000", "10000000"], "Rating counts for --pipeline.")
+    flags.DEFINE_string("epoch", None, "Also run a real training loop on this protocol (e.g. clothing).")
+    flags.DEFINE_string("data_root", None, "Data root for --epoch.")
+    flags.DEFINE_integer("epoch_steps", 200, "Steps of the --epoch loop.")
+    flags.DEFINE_bool("scale", False, "Also time the sharded step on forced host devices.")
+    flags.DEFINE_list("scale_devices", ["1", "2", "4"], "Device counts for --scale.")
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)

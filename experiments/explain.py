@@ -1,0 +1,66 @@
+r"""Explain one prediction of a trained model by its attention gates (paper Figure 5).
+
+On the work directory of a finished ``python -m experiments.train --workdir=DIR`` run:
+
+  python -m experiments.explain --workdir=runs/ml100k                       # first test pair
+  python -m experiments.explain --workdir=runs/ml100k --user=13 --item=300 --png=explain.png
+  python -m experiments.explain --workdir=runs/ml100k --json
+
+--user / --item are the source's original ids. Prints the predicted rating and both histories
+(user: items, item: users) with each step's gate; --png writes the Figure-5 style picture (needs
+matplotlib); --json prints the explanation as JSON instead of text.
+"""
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Work directory of a finished experiments.train run.", required=True)
+flags.DEFINE_string("user", None, "Original user id (default: the first test pair's).")
+flags.DEFINE_string("item", None, "Original item id (default: the first test pair's).")
+flags.DEFINE_string("data_root", None, "Data folder (default: the one recorded in the run).")
+flags.DEFINE_string("png", None, "Write the Figure-5 style picture here.")
+flags.DEFINE_bool("json", False, "Print the explanation as JSON.")
+flags.DEFINE_integer("max_steps", 20, "Steps per row in the picture; the text shows all (see --text_steps).")
+flags.DEFINE_integer("text_steps", None, "Show only the most recent N steps of each history in the text.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if (FLAGS.user is None) != (FLAGS.item is None):
+        raise app.UsageError("give both --user and --item (original ids), or neither (the first test pair)")
+    from iarn_jax.interpret.explain import explain, load_run
+
+    result = load_run(FLAGS.workdir, data_root=FLAGS.data_root)
+    if FLAGS.user is None:
+        test = result.data.split.test
+        if not len(test):
+            raise app.UsageError("the run's split has no test pairs; give --user and --item")
+        user, item, original = int(test["user"].iloc[0]), int(test["item"].iloc[0]), False
+    else:
+        user, item, original = FLAGS.user, FLAGS.item, True
+    try:
+        explanation = explain(result, user, item, original_ids=original)
+    except KeyError as exc:
+        raise app.UsageError(str(exc)) from exc
+    if FLAGS.json:
+        print(explanation.to_json(indent=1))
+    else:
+        print(explanation.format(FLAGS.text_steps))
+    if FLAGS.png:
+        try:
+            from iarn_jax.interpret.plot import plot_explanation
+
+            path = plot_explanation(explanation, FLAGS.png, max_steps=FLAGS.max_steps)
+        except ImportError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
