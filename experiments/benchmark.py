@@ -234,62 +234,77 @@ def run_pipeline(sizes: Sequence[int] = (1_000_000, 3_000_000, 10_000_000), batc
     return results
 
 
-def run_epoch(protocol: str = "clothing", data_root: Optional[str] = None, batch_size: int = 512,
-              max_steps: int = 200) -> dict:
-    """A real training loop (prefetching host batches) vs the pure train step on the same batches.
+def run_epoch(protocol: str = "clothing", data_root: Optional[str] = None, batch_size: int = 64,
+              max_steps: Optional[int] = None) -> dict:
+    """One real training epoch (host batches built in the loop's prefetch thread, placed, stepped,
+    loss fetched every step, exactly as ``training.loop.train`` does) against the pure train step on
+    the same batches pre-placed on the device. Every (Tu, Ti) shape is compiled before timing.
 
-    Returns loop examples/s (``train()``'s own count over its train-step wall time, batches built in
-    the prefetch thread), the wall-clock rate of the whole loop excluding compile and evaluation, and
-    the pure step rate on the same padded shapes.
+    Returns loop and pure examples/s (pure both back-to-back and with the loop's per-step loss fetch),
+    their ratio, and the host time to build one batch.
     """
     import jax
 
     from iarn_jax.data import batching
     from iarn_jax.data.protocols import load_protocol
     from iarn_jax.models.config import ModelConfig
+    from iarn_jax.models.iarn import IARN
     from iarn_jax.training import loop
     from iarn_jax.training.config import TrainConfig
+    from iarn_jax.training.optimizer import make_optimizer
     from iarn_jax.training.step import create_train_state, make_mesh, make_train_step, put_batch
 
     split = load_protocol(protocol, data_root)
-    cfg = TrainConfig(batch_size=batch_size, eval_every=10**9, max_steps=max_steps, max_epochs=1,
-                      log_every=0, checkpoint_every_eval=False)
-    model_cfg = ModelConfig(variant="iarn", use_rating_input=True)
+    cfg = TrainConfig(batch_size=batch_size)
     data = loop.prepare_data(split, cfg.history_mode)
-    # Warm-up run compiles every (Tu, Ti) shape of the first max_steps batches.
-    t0 = time.perf_counter()
-    loop.train(split, model_cfg, cfg, verbose=False, data=data)
-    warm = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    res = loop.train(split, model_cfg, cfg, verbose=False, data=data)
-    wall = time.perf_counter() - t0
-    # Pure step: the same plan's first max_steps batches, pre-materialised and pre-placed.
-    full_cfg = loop.complete_model_config(model_cfg, split)
-    from iarn_jax.models.iarn import IARN
-    from iarn_jax.training.optimizer import make_optimizer
-    model = IARN(full_cfg)
+    model = IARN(loop.complete_model_config(ModelConfig(variant="iarn"), split))
     mesh = make_mesh()
     plan = batching.make_batch_plan(data.train, batch_size, seed=cfg.seed, epoch=0,
                                     bucket_lengths=cfg.bucket_lengths, max_len=cfg.max_len)
-    k = min(max_steps, len(plan))
-    batches = [put_batch(batching.materialize(plan[j], data.train, data.user_histories, data.item_histories),
-                         mesh) for j in range(k)]
-    params = jax.jit(lambda r, b: model.init(r, b)["params"])(jax.random.PRNGKey(0), batches[0])
+    k = len(plan) if max_steps is None else min(max_steps, len(plan))
+
+    def host(j):
+        return loop._local_rows(batching.materialize(plan[j], data.train, data.user_histories,
+                                                     data.item_histories, max_len=cfg.max_len))
+
     tx = make_optimizer(cfg)
+    params = jax.jit(lambda r, b: model.init(r, b)["params"])(jax.random.PRNGKey(0), host(0))
     state = create_train_state(params, tx, jax.random.PRNGKey(1), mesh)
     step = make_train_step(loop.make_apply_fn(model), tx, mesh)
-    for b in batches:  # compile all shapes
-        state, m = step(state, b)
-    jax.block_until_ready(state)
+    shapes = {}
+    for j in range(k):
+        shapes.setdefault((int(plan.user_T[j]), int(plan.item_T[j])), j)
     t0 = time.perf_counter()
-    for b in batches:
+    for j in shapes.values():  # compile every shape
+        state, m = step(state, put_batch(host(j), mesh))
+    jax.block_until_ready(state)
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    host_batches = [host(j) for j in range(k)]
+    build_s = time.perf_counter() - t0
+    placed = [put_batch(b, mesh) for b in host_batches]
+    del host_batches
+    t0 = time.perf_counter()
+    for b in placed:
         state, m = step(state, b)
     jax.block_until_ready(state)
     pure = k * batch_size / (time.perf_counter() - t0)
-    loop_rate = res.metrics["train_examples_per_second"]
-    return {"protocol": protocol, "batch_size": batch_size, "steps": k,
-            "loop_examples_per_second": loop_rate, "pure_step_examples_per_second": pure,
-            "loop_over_pure": loop_rate / pure, "loop_wall_seconds": wall, "first_run_seconds": warm}
+    t0 = time.perf_counter()
+    for b in placed:
+        state, m = step(state, b)
+        float(m["loss"])
+    pure_synced = k * batch_size / (time.perf_counter() - t0)
+    del placed
+    t0 = time.perf_counter()
+    for b in loop.prefetch((host(j) for j in range(k)), cfg.prefetch):
+        state, m = step(state, put_batch(b, mesh))
+        float(m["loss"])
+    jax.block_until_ready(state)
+    looped = k * batch_size / (time.perf_counter() - t0)
+    return {"protocol": protocol, "batch_size": batch_size, "steps": k, "shapes": len(shapes),
+            "loop_examples_per_second": looped, "pure_step_examples_per_second": pure,
+            "pure_step_synced_examples_per_second": pure_synced, "loop_over_pure": looped / pure,
+            "host_batch_ms": 1e3 * build_s / k, "compile_seconds": compile_s}
 
 
 # -- scaling over forced host devices ---------------------------------------------------------------
@@ -349,7 +364,7 @@ def main(argv):
     if F.pipeline:
         result["pipeline"] = run_pipeline([int(s) for s in F.pipeline_sizes])
     if F.epoch:
-        result["epoch"] = run_epoch(F.epoch, F.data_root, max_steps=F.epoch_steps)
+        result["epoch"] = run_epoch(F.epoch, F.data_root, F.epoch_batch_size, F.epoch_steps or None)
     if F.scale:
         result["scale"] = run_scale([int(n) for n in F.scale_devices])
     print(json.dumps(result, sort_keys=True) if F.json else format_table(result), flush=True)
@@ -375,7 +390,8 @@ def _define_flags():
     flags.DEFINE_list("pipeline_sizes", ["1000000", "3000000", "10000000"], "Rating counts for --pipeline.")
     flags.DEFINE_string("epoch", None, "Also run a real training loop on this protocol (e.g. clothing).")
     flags.DEFINE_string("data_root", None, "Data root for --epoch.")
-    flags.DEFINE_integer("epoch_steps", 200, "Steps of the --epoch loop.")
+    flags.DEFINE_integer("epoch_steps", 0, "Steps of the --epoch loop (0: a whole epoch).")
+    flags.DEFINE_integer("epoch_batch_size", 64, "Batch size of the --epoch loop.")
     flags.DEFINE_bool("scale", False, "Also time the sharded step on forced host devices.")
     flags.DEFINE_list("scale_devices", ["1", "2", "4"], "Device counts for --scale.")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Work directory of a finished experiments.train run.", required=True)
@@ -30,6 +30,7 @@ flags.DEFINE_integer("text_steps", None, "Show only the most recent N steps of e
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # quiet orbax's restore messages
     if (FLAGS.user is None) != (FLAGS.item is None):
         raise app.UsageError("give both --user and --item (original ids), or neither (the first test pair)")
     from iarn_jax.interpret.explain import explain, load_run

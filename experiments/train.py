@@ -7,6 +7,7 @@ With no flags it trains IARN on the built-in synthetic data (a few minutes on a
   python -m experiments.train --protocol=ml100k --data_root=../shared/data --model=tagm
   python -m experiments.train --data=ml-dat:/data/ml-1m --cut=2002-01-01 --workdir=runs/ml1m
   python -m experiments.train --protocol=clothing --set=model.dropout=0.25 --set=train.batch_size=128
+  python -m experiments.train --coordinator_address=host0:1234 --num_processes=2 --process_id=0 ...
 
 Overrides: --set=model.FIELD=VALUE or --set=train.FIELD=VALUE for any field of
 iarn_jax.models.config.ModelConfig / iarn_jax.training.config.TrainConfig.
@@ -18,6 +19,7 @@ import dataclasses
 
 from absl import app, flags
 
+from iarn_jax import distributed
 from iarn_jax.models.config import VARIANTS, ModelConfig
 from iarn_jax.training.config import TrainConfig
 from iarn_jax.training.experiment import enable_compilation_cache, run_experiment
@@ -37,6 +39,9 @@ flags.DEFINE_integer("min_len", 3, "Minimum training ratings per kept user and i
 flags.DEFINE_string("results_json", None, "Write the results as JSON here.")
 flags.DEFINE_bool("compilation_cache", True, "Reuse compiled steps across runs (~/.cache/iarn_jax/xla).")
 flags.DEFINE_multi_string("set", [], "Config overrides: model.FIELD=VALUE or train.FIELD=VALUE.")
+flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0 (or $IARN_COORDINATOR).")
+flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes (or $IARN_NUM_PROCESSES).")
+flags.DEFINE_integer("process_id", None, "Multi-host: this process's id (or $IARN_PROCESS_ID).")
 
 
 def parse_overrides(items: list[str]) -> tuple[dict, dict]:
@@ -63,6 +68,9 @@ def main(argv):
     if FLAGS.data and not FLAGS.cut:
         raise app.UsageError("--data needs --cut=YYYY-MM-DD (the global time cut)")
     model_overrides, train_overrides = parse_overrides(FLAGS.set)
+    # Before any JAX computation: joins the other processes when flags, IARN_* variables or a
+    # recognised cluster (SLURM, Open MPI, multi-host TPU) say so; a no-op on one process.
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     if FLAGS.compilation_cache:
         enable_compilation_cache()
     run_experiment(

@@ -27,20 +27,20 @@ TINY = dict(embed_dim=8, hidden_size=8, attention_size=8)
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A short IARN run on small synthetic data, written like experiments.train does."""
+    """A short IARN run (20 steps, one padded shape) on small synthetic data saved as a CSV, written
+    like ``python -m experiments.train --data=csv:PATH --cut=T --workdir=DIR`` does."""
+    from iarn_jax.data.synthetic import make_synthetic
     from iarn_jax.training.experiment import run_experiment
 
-    workdir = tmp_path_factory.mktemp("run")
-    import iarn_jax.training.experiment as experiment
-
-    saved = dict(experiment.PROTOCOL_DATA_DEFAULTS.get("synthetic", {}))
-    experiment.PROTOCOL_DATA_DEFAULTS["synthetic"] = {"n_users": 120, "n_items": 60, "n_ratings": 3000}
-    try:
-        _, result = run_experiment("synthetic", model="iarn", workdir=workdir, verbose=False,
-                                   model_overrides=TINY, train_overrides=dict(max_steps=30, eval_every=15))
-    finally:
-        experiment.PROTOCOL_DATA_DEFAULTS["synthetic"] = saved
-    return workdir, result
+    folder = tmp_path_factory.mktemp("run")
+    ratings = make_synthetic(**SMALL).dataset.ratings
+    ratings.to_csv(folder / "ratings.csv", index=False)
+    cut = int(np.quantile(ratings["time"], 0.9))
+    _, result = run_experiment(
+        data=f"csv:{folder / 'ratings.csv'}", cut=cut, model="iarn", workdir=folder / "work", verbose=False,
+        model_overrides=TINY, train_overrides=dict(max_steps=20, eval_every=10, max_len=8, bucket_lengths=(8,),
+                                                   batch_size=32, eval_batch_size=64))
+    return folder / "work", result
 
 
 def test_explanation_lists_both_histories_with_gates(run):
@@ -49,15 +49,14 @@ def test_explanation_lists_both_histories_with_gates(run):
     user, item = int(test["user"].iloc[0]), int(test["item"].iloc[0])
     e = iarn_jax.explain(result, user, item)
     uh, ih = result.data.user_histories, result.data.item_histories
-    assert len(e.user_steps) == uh.lengths[user] and len(e.item_steps) == ih.lengths[item]
-    assert [s.id for s in e.user_steps] == uh.counterpart[uh.events(user)].tolist()
-    assert [s.time for s in e.item_steps] == ih.time[ih.events(item)].tolist()
+    assert e.user_history_length == uh.lengths[user] and len(e.user_steps) == min(8, uh.lengths[user])  # max_len
+    assert [s.id for s in e.user_steps] == uh.counterpart[uh.events(user)][-8:].tolist()  # most recent
+    assert [s.time for s in e.item_steps] == ih.time[ih.events(item)][-8:].tolist()
     assert all(0.0 <= s.gate <= 1.0 for s in e.user_steps + e.item_steps)
     assert e.rating == pytest.approx(float(test["rating"].iloc[0])) and e.pair_set == "test"
     # the prediction is the model's prediction for the pair
     assert e.prediction == pytest.approx(float(iarn_jax.predict(result, test.iloc[:1])[0]), rel=1e-5, abs=1e-5)
-    # names / titles: synthetic item titles, features = the item's category
-    assert e.user_steps[0].name.startswith("c") and e.user_steps[0].features
+    assert e.user_steps[0].original_id == int(result.data.split.dataset.item_ids[e.user_steps[0].id])
     text = e.format()
     assert "predicted rating" in text and "user history (items)" in text and "item history (users)" in text
     payload = json.loads(e.to_json())
@@ -76,10 +75,12 @@ def test_same_user_different_items_get_different_gates(run):
     assert len(a) == len(b) > 1
     assert np.abs(a - b).max() > 1e-4
     # a training pair: its own step is shown with its rating hidden from the model
-    train_row = result.data.split.train.iloc[0]
-    e = explain(result, int(train_row["user"]), int(train_row["item"]))
-    own = [s for s in e.user_steps if s.rating is None]
-    assert len(own) == 1 and own[0].id == int(train_row["item"])
+    uh = result.data.user_histories
+    train_rows = result.data.split.train
+    u, i = next((int(u), int(i)) for u, i in zip(train_rows["user"], train_rows["item"])
+                if i in uh.counterpart[uh.events(int(u))][-8:])  # own step among the shown (max_len 8)
+    own = [s for s in explain(result, u, i).user_steps if s.rating is None]
+    assert len(own) == 1 and own[0].id == i
 
 
 def test_tagm_gates_do_not_depend_on_the_item():
@@ -154,3 +155,34 @@ def test_planted_relevance_iarn_finds_relevant_steps_and_beats_tagm():
     iarn, tagm = _gate_aucs("iarn"), _gate_aucs("tagm")
     assert iarn["user"]["per_pair"] >= 0.8
     assert iarn["user"]["per_pair"] > tagm["user"]["per_pair"] + 0.05
+
+
+def test_gate_relevance_auc_scores_oracle_gates_as_perfect():
+    """The measurement itself: gates equal to the planted user-side relevance give AUC 1, random
+    gates about 0.5 (fast stand-in for the slow training check below)."""
+    import types
+
+    import jax.numpy as jnp
+
+    from iarn_jax.data.synthetic import make_synthetic
+
+    synthetic = make_synthetic(**SMALL)
+    split = load_protocol("synthetic", None, **SMALL)
+    category = jnp.asarray(synthetic.item_category)
+    interests = jnp.asarray(synthetic.user_interests)
+
+    class Oracle:
+        def apply(self, variables, batch):
+            target = category[batch["item"]][:, None]
+            user_gates = (category[batch["user_history"]] == target).astype(jnp.float32)
+            item_gates = (interests[batch["item_history"]] == target[..., None]).any(-1).astype(jnp.float32)
+            noise = jax.random.uniform(jax.random.PRNGKey(0), batch["user_history"].shape)
+            return None, {"user_gates": user_gates + 0.01 * noise, "item_gates": item_gates,
+                          "random": noise}
+
+    result = types.SimpleNamespace(data=prepare_data(split), model=Oracle(), params=None,
+                                   train_config=TrainConfig())
+    out = gate_relevance_auc(result, synthetic)
+    assert out["user"]["per_pair"] == pytest.approx(1.0) and out["user"]["pooled"] == pytest.approx(1.0)
+    assert out["item"]["pooled"] > 0.6  # interest membership, without the time-dependent main weight
+    assert 0 < out["user"]["relevant_fraction"] < 1 and out["user"]["pairs"] > 10

@@ -18,7 +18,8 @@ from iarn_jax.evaluate.scorer import RankingScorer
 from iarn_jax.models.config import ModelConfig
 from iarn_jax.models.iarn import IARN
 
-BUCKETS = (16, 32, 48)  # the synthetic item histories (10..82 steps) spread over several buckets
+BUCKETS = (32, 64)  # the synthetic item histories (10..82 steps) fall in buckets 32, 64 and 128
+DIRECT_BUCKETS = (128,)  # the reference pads every pair to 128 steps: one compile, other padding
 
 
 @pytest.fixture(scope="module")
@@ -48,30 +49,46 @@ def direct_predictions(model, params, uh, ih, users, items, max_len):
     frame = pd.DataFrame({"user": np.repeat(users, items.size), "item": np.tile(items, users.size),
                           "rating": 0.0, "time": 0})
     pairs = make_pairs(frame, uh, ih, mode="full")
-    plan = batching.make_batch_plan(pairs, 256, shuffle=False, bucket_lengths=BUCKETS, max_len=max_len)
+    plan = batching.make_batch_plan(pairs, 512, shuffle=False, bucket_lengths=DIRECT_BUCKETS, max_len=max_len)
     out = np.zeros(len(pairs), np.float32)
     apply = jax.jit(lambda p, b: model.apply({"params": p}, b)[0])
     for entry in plan:
-        batch = batching.materialize(entry, pairs, uh, ih, max_len=max_len)
+        batch = batching.materialize(entry, pairs, uh, ih, max_len=max_len, bucket_lengths=DIRECT_BUCKETS)
         valid = entry.indices >= 0
         out[entry.indices[valid]] = np.asarray(apply(params, batch))[valid]
     return out.reshape(users.size, items.size)
 
 
-@pytest.mark.parametrize("variant,max_len", [("iarn", None), ("iarn", 40), ("tagm", None), ("lstm", 40)])
-def test_scorer_equals_direct_predictions(setup, variant, max_len):
+CASES = {"iarn": None, "tagm": 40}  # variant -> max_len (history cap)
+_cache: dict = {}
+
+
+def scorer_case(setup, variant):
+    """(model, params, scorer, direct predictions [users, universe]) of one variant, built once."""
+    if variant not in _cache:
+        split, uh, ih, universe, users = setup
+        max_len = CASES[variant]
+        config = ModelConfig(variant=variant, n_users=split.n_users, n_items=split.n_items, embed_dim=8,
+                             hidden_size=12, attention_size=6, use_rating_input=True,
+                             bias="global_user_item", global_mean=3.5)
+        model, params = init_params(config, uh, ih)
+        # chunk_size 8: several chunks per bucket (lax.map over them); encode_batch 4: several
+        # encoding calls per bucket
+        scorer = RankingScorer(model, params, uh, ih, universe, max_len=max_len, bucket_lengths=BUCKETS,
+                               chunk_size=8, encode_batch=4)
+        expected = direct_predictions(model, params, uh, ih, users, universe, max_len)
+        _cache[variant] = (model, params, scorer, expected)
+    return _cache[variant]
+
+
+@pytest.mark.parametrize("variant", sorted(CASES))
+def test_scorer_equals_direct_predictions(setup, variant):
     split, uh, ih, universe, users = setup
-    config = ModelConfig(variant=variant, n_users=split.n_users, n_items=split.n_items, embed_dim=8,
-                         hidden_size=12, attention_size=6, use_rating_input=True, bias="global_user_item",
-                         global_mean=3.5)
-    model, params = init_params(config, uh, ih)
-    # chunk_size 8: several chunks per bucket, lax.map over them
-    scorer = RankingScorer(model, params, uh, ih, universe, max_len=max_len, bucket_lengths=BUCKETS,
-                           chunk_size=8, encode_batch=4)
+    max_len = CASES[variant]
+    model, params, scorer, expected = scorer_case(setup, variant)
     # the items really do fall in several buckets
     lengths = batching.capped_lengths(ih.lengths[universe], max_len)
-    assert np.unique(batching.bucket_length(lengths, BUCKETS, max_len)).size >= 3
-    expected = direct_predictions(model, params, uh, ih, users, universe, max_len)
+    assert np.unique(batching.bucket_length(lengths, BUCKETS, max_len)).size >= 2
     got = scorer.score_matrix(users, universe)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     # per-user interface, shuffled candidate subset
@@ -80,30 +97,16 @@ def test_scorer_equals_direct_predictions(setup, variant, max_len):
     column = np.searchsorted(universe, subset)
     np.testing.assert_allclose(scorer.score_items(int(users[1]), subset), expected[1, column], rtol=1e-5, atol=1e-5)
     if variant == "iarn":
-        assert not scorer.fast and len(scorer.buckets) >= 3
+        assert not scorer.fast and len(scorer.buckets) == 3
         # scores depend on the pair: a user's score vector is not a shifted copy of another's
         assert np.std(np.diff(got[0] - got[1])) > 1e-6
     else:
         assert scorer.fast
 
 
-def test_scorer_rejects_unknown_items(setup):
-    split, uh, ih, universe, users = setup
-    config = ModelConfig(variant="tagm", n_users=split.n_users, n_items=split.n_items, embed_dim=4,
-                         hidden_size=4, attention_size=2)
-    model, params = init_params(config, uh, ih)
-    scorer = RankingScorer(model, params, uh, ih, universe[:10])
-    with pytest.raises(KeyError):
-        scorer.score_items(int(users[0]), universe[-1:])
-
-
 def test_scorer_ranking_metrics_equal_per_pair_evaluation(setup):
     split, uh, ih, universe, users = setup
-    config = ModelConfig(variant="iarn", n_users=split.n_users, n_items=split.n_items, embed_dim=6,
-                         hidden_size=8, attention_size=4)
-    model, params = init_params(config, uh, ih, seed=3)
-    scorer = RankingScorer(model, params, uh, ih, universe, bucket_lengths=BUCKETS, chunk_size=16)
-    direct = direct_predictions(model, params, uh, ih, users, universe, None)
+    model, params, scorer, direct = scorer_case(setup, "iarn")
 
     def reference(user, items):
         return direct[int(np.flatnonzero(users == user)[0]), np.searchsorted(universe, items)]
@@ -119,14 +122,17 @@ def test_from_result_uses_training_settings(setup):
     from iarn_jax.training.config import TrainConfig
     from iarn_jax.training.loop import PreparedData, TrainResult
 
-    config = ModelConfig(variant="rnn", n_users=split.n_users, n_items=split.n_items, embed_dim=4,
+    config = ModelConfig(variant="lstm", n_users=split.n_users, n_items=split.n_items, embed_dim=4,
                          hidden_size=4, attention_size=2)
     model, params = init_params(config, uh, ih)
     data = PreparedData(split=split, user_histories=uh, item_histories=ih, train=None, val=None, test=None,
                         history_mode="full")
     result = TrainResult(config, TrainConfig(max_len=5, bucket_lengths=BUCKETS), params, {}, data)
-    scorer = RankingScorer.from_result(result)
+    items = universe[1:]
+    scorer = RankingScorer.from_result(result, items)
     assert scorer.max_len == 5 and scorer.bucket_lengths == BUCKETS
-    np.testing.assert_array_equal(scorer.items, universe)
-    expected = direct_predictions(model, params, uh, ih, users[:2], universe, 5)
-    np.testing.assert_allclose(scorer.score_matrix(users[:2], universe), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(scorer.items, items)
+    expected = direct_predictions(model, params, uh, ih, users[:2], items, 5)
+    np.testing.assert_allclose(scorer.score_matrix(users[:2], items), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(KeyError):  # candidates must come from the cached item set
+        scorer.score_items(int(users[0]), universe[:1])

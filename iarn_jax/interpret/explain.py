@@ -29,7 +29,7 @@ class Step:
     """One step of a history. ``id`` is the contiguous id of the step's counterpart (an item on the
     user side, a user on the item side)."""
 
-    position: int  # 0-based position within the shown history (time order)
+    position: int  # 0-based position in the entity's whole history (time order)
     id: int
     original_id: Any
     name: Optional[str]
@@ -189,7 +189,7 @@ def explain(source, user, item, *, params: Any = None, data: Any = None, origina
             else:
                 original, name, feats = dataset.user_ids[cid], None, None
             t = int(side_histories.time[e])
-            out.append(Step(position=k, id=cid, original_id=_jsonable(original), name=name, features=feats,
+            out.append(Step(position=visible - kept + k, id=cid, original_id=_jsonable(original), name=name, features=feats,
                             time=t, time_text=_time_text(t, dataset.time_unit),
                             rating=None if k == own_col else float(side_histories.rating[e]),
                             gate=float(gates[k])))
@@ -236,6 +236,10 @@ def load_run(workdir: Union[str, pathlib.Path], *, data_root: Optional[str] = No
     split = load_split(run.get("protocol", config.get("protocol")), data_root or run.get("data_root"),
                        data=run.get("data"), cut=run.get("cut"), min_len=run.get("min_len", 3),
                        seed=run.get("split_seed", 123))
+    if (split.n_users, split.n_items) != (model_config.n_users, model_config.n_items):
+        raise ValueError(f"{workdir}: the data loaded from run.json has {split.n_users} users / {split.n_items} "
+                         f"items, the trained model {model_config.n_users} / {model_config.n_items}: "
+                         "not the data this run was trained on")
     data = prepare_data(split, train_config.history_mode)
     params = checkpoint.load_params(workdir / "checkpoints" / "best")
     metrics = json.loads((workdir / "results.json").read_text()) if (workdir / "results.json").exists() else {}

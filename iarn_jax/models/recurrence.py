@@ -34,6 +34,13 @@ from iarn_jax.models.initializers import (
 
 CELLS = ("gated", "rnn", "lstm")
 
+# lax.scan unroll factor used when a scan's ``unroll`` is None (speed only, never the numbers).
+SCAN_UNROLL = 1
+
+
+def _unroll(unroll: Optional[int]) -> int:
+    return SCAN_UNROLL if unroll is None else int(unroll)
+
 
 def softplus_beta(z: jax.Array, beta: float) -> jax.Array:
     """log(1 + exp(beta z)) / beta, the reference's "smooth ReLU" (Torch ``nn.SoftPlus(beta)``).
@@ -82,28 +89,30 @@ def masked_rnn_scan(
 
 
 def bidirectional_rnn_scan(
-    proj_forward: jax.Array,  # [t, b, A] time-major: x_t W_f + b, forward direction
-    proj_backward: jax.Array,  # [t, b, A] time-major: x_t W_b + b, in natural time order
-    mask: jax.Array,  # [t, b] bool, left-aligned (valid steps first)
+    proj_forward: jax.Array,  # [t, b, A] time-major: x_t W_f + b, natural time order
+    proj_backward_reversed: jax.Array,  # [t, b, A] time-major: x_t W_b + b, REVERSED time order
+    mask: jax.Array,  # [t, b] bool, left-aligned (valid steps first), natural order
+    mask_reversed: jax.Array,  # [t, b] bool: mask[::-1]
     kernel_forward: jax.Array,  # [A, A]
     kernel_backward: jax.Array,  # [A, A]
     *,
     activation: Callable[[jax.Array], jax.Array],
     compute_dtype=jnp.float32,
-    unroll: int = 1,
+    unroll: Optional[int] = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Both directions of a masked bi-directional vanilla RNN in ONE time-major scan.
 
-    Iteration k advances the forward RNN at step k and the backward RNN at step t-1-k (it reads the
-    time-reversed inputs). With left-aligned padding:
+    Iteration k advances the forward RNN at step k and the backward RNN at step t-1-k (its inputs
+    come time-reversed). With left-aligned padding:
       * the backward state is still 0 when its valid region begins (every step it passed was padding),
       * the forward outputs on trailing padding are never read,
     so both directions can use ``state = mask_t * act(proj_t + state U)`` (the state is reset to 0 on
     padding instead of being held); outputs on valid steps are exactly those of two separate
-    masked scans. One loop instead of two halves the per-step loop overhead and the reverse copies.
+    masked scans. One loop instead of two halves the per-step loop overhead.
 
-    Returns (forward outputs [t, b, A], backward outputs [t, b, A]) in natural time order, time-major,
-    zeros on padded steps. Only for left-aligned masks (the layout of every batch in this project).
+    Returns (forward outputs [t, b, A] in natural order, backward outputs [t, b, A] in REVERSED order;
+    ``[::-1]`` them), time-major, zeros on padded steps. Only for left-aligned masks (the layout of
+    every batch in this project).
     """
     _, batch, size = proj_forward.shape
     kf = cast_for_matmul(kernel_forward, compute_dtype)
@@ -118,9 +127,10 @@ def bidirectional_rnn_scan(
         return (of, ob), (of, ob)
 
     _, (fwd, bwd_reversed) = jax.lax.scan(
-        step, (zeros, zeros), (proj_forward, proj_backward[::-1], mask, mask[::-1]), unroll=unroll
+        step, (zeros, zeros), (proj_forward, proj_backward_reversed, mask, mask_reversed),
+        unroll=_unroll(unroll),
     )
-    return fwd, bwd_reversed[::-1]
+    return fwd, bwd_reversed
 
 
 def gated_scan(
@@ -129,6 +139,7 @@ def gated_scan(
     recurrent_kernel: jax.Array,  # [h, h]
     *,
     compute_dtype=jnp.float32,
+    unroll: Optional[int] = None,
 ) -> jax.Array:
     """Attention-gated recurrence (TAGM cell, reference notes 2.4), h_0 = 0:
 
@@ -147,7 +158,9 @@ def gated_scan(
         gate_t = gate_t[:, None]
         return (1.0 - gate_t) * state + gate_t * candidate, None
 
-    final, _ = jax.lax.scan(step, carry0, (_time_major(input_proj), _time_major(gates)))
+    final, _ = jax.lax.scan(
+        step, carry0, (_time_major(input_proj), _time_major(gates)), unroll=_unroll(unroll)
+    )
     return final
 
 

@@ -1,0 +1,120 @@
+r"""Reproduce the paper's comparison (Table 2) and backbone study (Figure 3) on one protocol.
+
+  python -m experiments.reproduce --protocol=ml100k --data_root=../shared/data --table=2
+  python -m experiments.reproduce --protocol=clothing --table=2 --methods=mf,bpr,iarn \
+      --iarn_max_seconds=1800 --workdir=runs/table2_clothing --results_json=runs/clothing_table2.json
+  python -m experiments.reproduce --protocol=ml100k --figure=3 --workdir=runs/table2_ml100k
+
+Every method is fitted on the same split and evaluated with the same metrics: test RMSE / MAE of
+clipped predictions (rating models), full-ranking AUC / NDCG@10 / HR@10 over a fixed, seeded sample
+of test users (1000; 500 on MovieLens). The IARN variants (RNN, LSTM, TAGM, IARN) train with the
+protocol's defaults (``training.experiment``), capped by ``--iarn_max_seconds`` and ``--max_len``.
+Each finished method is cached in ``WORKDIR/methods/`` (IARN checkpoints in
+``WORKDIR/iarn_runs/``), so a re-run resumes; ``--fresh`` ignores the cache.
+
+Outputs (WORKDIR): ``table2.md``, ``table2.json`` (rows + protocol, data checksum, seeds, users,
+per-method configs and timings), ``figure3.md``, ``figure3.json``, ``figure3.png`` (with
+matplotlib). ``--results_json`` gets the list of Table 2 rows (method, rmse, mae, auc, ndcg10, hr10,
+seconds; null where a metric does not apply).
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import time
+
+from absl import app, flags
+
+from iarn_jax.evaluate import comparison
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("protocol", "synthetic", ["synthetic", "clothing", "ml100k", "mlsmall"], "Named protocol.")
+flags.DEFINE_string("data_root", None, "Folder holding the datasets (default: ../shared/data).")
+flags.DEFINE_integer("table", None, "2: the Table 2 comparison.")
+flags.DEFINE_integer("figure", None, "3: RMSE by minimum history length for RNN / LSTM / TAGM / IARN.")
+flags.DEFINE_string("methods", None, f"Comma-separated subset of: {', '.join(comparison.METHODS)} "
+                    "(default: Table 2's methods).")
+flags.DEFINE_string("workdir", None, "Cache and outputs (default: runs/reproduce_PROTOCOL).")
+flags.DEFINE_string("results_json", None, "Write the Table 2 rows here as a JSON list.")
+flags.DEFINE_float("iarn_max_seconds", None, "Training time cap of each IARN variant (TrainConfig.max_seconds).")
+flags.DEFINE_integer("max_len", None, "History cap of the IARN variants (TrainConfig.max_len; default: protocol's).")
+flags.DEFINE_integer("n_eval_users", None, "Evaluated users (default 1000, 500 on MovieLens).")
+flags.DEFINE_integer("eval_seed", 0, "Seed of the evaluated-user sample.")
+flags.DEFINE_integer("seed", 0, "Seed of every method's initialisation and sampling.")
+flags.DEFINE_integer("split_seed", 123, "Seed of the validation split.")
+flags.DEFINE_bool("fresh", False, "Ignore (and delete) the workdir's cached methods.")
+flags.DEFINE_bool("quiet", False, "Less progress output.")
+
+
+def reproduce(protocol: str, *, split=None, data_root=None, table=None, figure=None, methods=None,
+              workdir=None, results_json=None, iarn_max_seconds=None, max_len=None, n_eval_users=None,
+              eval_seed=0, seed=0, split_seed=123, fresh=False, verbose=True) -> dict:
+    """The library entry point of the command (``split`` may be given directly, e.g. in tests).
+    Returns {"rows", "figure3"} (each None when not requested)."""
+    if table is None and figure is None:
+        table = 2
+    if table not in (None, 2) or figure not in (None, 3):
+        raise ValueError("only --table=2 and --figure=3 exist")
+    start = time.time()
+    if split is None:
+        from iarn_jax.training.experiment import load_split
+
+        split = load_split(protocol, data_root, seed=split_seed)
+    workdir = pathlib.Path(workdir or f"runs/reproduce_{split.name}")
+    if fresh and (workdir / "methods").exists():
+        shutil.rmtree(workdir / "methods")
+    workdir.mkdir(parents=True, exist_ok=True)
+    table_methods = comparison.parse_methods(methods) if table else []
+    figure_methods = [m for m in comparison.parse_methods(methods, comparison.BACKBONES)
+                      if m in comparison.BACKBONES] if figure else []
+    needed = table_methods + [m for m in figure_methods if m not in table_methods]
+    result = comparison.run_comparison(
+        split, needed, eval_seed=eval_seed, n_eval_users=n_eval_users, seed=seed, workdir=workdir,
+        iarn_max_seconds=iarn_max_seconds, max_len=max_len, verbose=verbose)
+    record = {**result["record"], "iarn_max_seconds": iarn_max_seconds, "max_len": max_len,
+              "wall_seconds": time.time() - start}
+    out = {"rows": None, "figure3": None}
+    if table:
+        rows = [result["outputs"][k].row for k in table_methods]
+        text = comparison.markdown_table(
+            rows, title=f"Table 2 on `{split.name}` ({record['n_users']} evaluated users, data "
+                        f"{record['checksum']}, seed {seed})")
+        print("\n" + text + "\n", flush=True)
+        (workdir / "table2.md").write_text(text + "\n")
+        (workdir / "table2.json").write_text(json.dumps({**record, "rows": rows}, indent=1,
+                                                        default=comparison._jsonable))
+        if results_json:
+            path = pathlib.Path(results_json)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(rows, indent=1))
+        out["rows"] = rows
+    if figure:
+        names = [comparison.METHODS[k].name for k in figure_methods]
+        rows = comparison.figure3_rows(split, result["outputs"], figure_methods)
+        text = comparison.figure3_markdown(rows, names, title=f"Figure 3 on `{split.name}`: test RMSE on "
+                                           "pairs whose user and item have >= L training interactions")
+        print("\n" + text + "\n", flush=True)
+        (workdir / "figure3.md").write_text(text + "\n")
+        (workdir / "figure3.json").write_text(json.dumps({**record, "rows": rows}, indent=1,
+                                                         default=comparison._jsonable))
+        if comparison.plot_figure3(rows, names, workdir / "figure3.png", title=split.name):
+            print(f"plot: {workdir / 'figure3.png'}")
+        else:
+            print("matplotlib not installed (pip install .[plots]): no plot, the table above stands")
+        out["figure3"] = rows
+    return out
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    reproduce(FLAGS.protocol, data_root=FLAGS.data_root, table=FLAGS.table, figure=FLAGS.figure,
+              methods=FLAGS.methods, workdir=FLAGS.workdir, results_json=FLAGS.results_json,
+              iarn_max_seconds=FLAGS.iarn_max_seconds, max_len=FLAGS.max_len, n_eval_users=FLAGS.n_eval_users,
+              eval_seed=FLAGS.eval_seed, seed=FLAGS.seed, split_seed=FLAGS.split_seed, fresh=FLAGS.fresh,
+              verbose=not FLAGS.quiet)
+
+
+if __name__ == "__main__":
+    app.run(main)
