@@ -3,7 +3,6 @@ items and users in different padding buckets, with and without a history cap), a
 evaluation equals the plain per-pair evaluation."""
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import numpy as np

@@ -39,7 +39,7 @@ def _label(step, side: str, width: int) -> str:
     lines = []
     for part in text.split("\n"):
         lines.extend(textwrap.wrap(part, width) or [""])
-    return "\n".join(lines[:4])
+    return "\n".join(lines[:5])
 
 
 def plot_explanation(explanation, path, *, max_steps: int = 20, label_width: int = 16,

@@ -314,6 +314,27 @@ def train(
 
     run_loss, run_n, window_start, window_examples = 0.0, 0, time.time(), 0
     session_start = time.time() - sched["elapsed"]
+    step = int(state.step)  # host-side step counter: no device sync per step
+    # Losses stay on the device until a log / eval / epoch end needs them, so the host never waits
+    # for step k before dispatching step k+1 (the device stays busy while the next batch is placed).
+    pending: list = []  # (step, device loss)
+    mark = time.time()  # start of the current span of train-step time
+
+    def drain() -> list:
+        """Fetches the pending losses (one transfer), checks them, adds the span to train_seconds."""
+        nonlocal mark
+        if not pending:
+            return []
+        values = np.asarray(jax.device_get(jax.numpy.stack([loss for _, loss in pending])), np.float64)
+        steps = [k for k, _ in pending]
+        pending.clear()
+        sched["train_seconds"] += time.time() - mark
+        mark = time.time()
+        for k, value in zip(steps, values):
+            if not math.isfinite(value) or value > 1e4:
+                raise FloatingPointError(f"training diverged at step {k}: loss {value}")
+        return list(values)
+
     while not sched["done"]:
         epoch = sched["epoch"]
         if epoch >= cfg.max_epochs:
@@ -326,20 +347,20 @@ def train(
                                              max_len=cfg.max_len))
             for k in range(sched["batch"], len(plan))
         )
+        mark = time.time()
         for batch in prefetch(host_batches, cfg.prefetch):
-            t0 = time.time()
             state, metrics = train_step(state, put_batch(batch, mesh))
             sched["batch"] += 1
-            step = int(state.step)
-            loss = float(metrics["loss"])
-            sched["train_seconds"] += time.time() - t0
+            step += 1
+            pending.append((step, metrics["loss"]))
             n_real = int(batch["weight"].sum()) * jax.process_count()
             sched["examples"] += n_real
-            if not math.isfinite(loss) or loss > 1e4:
-                raise FloatingPointError(f"training diverged at step {step}: loss {loss}")
-            run_loss, run_n = run_loss + loss, run_n + 1
             window_examples += n_real
-            if cfg.log_every and step % cfg.log_every == 0:
+            logging_now = bool(cfg.log_every and step % cfg.log_every == 0)
+            if logging_now or len(pending) >= 256:
+                values = drain()
+                run_loss, run_n = run_loss + sum(values), run_n + len(values)
+            if logging_now:
                 rate = window_examples / max(time.time() - window_start, 1e-9)
                 lr = get_learning_rate(state.opt_state)
                 log({"event": "train", "epoch": epoch, "step": step, "loss": run_loss / run_n,
@@ -347,6 +368,8 @@ def train(
                     f"epoch {epoch} step {step} loss {run_loss / run_n:.4f} {rate:,.0f} ex/s lr {lr:.2e}")
                 run_loss, run_n, window_start, window_examples = 0.0, 0, time.time(), 0
             if step % eval_every == 0 or step >= cfg.max_steps:
+                values = drain()
+                run_loss, run_n = run_loss + sum(values), run_n + len(values)
                 _schedule_after_eval(sched, evaluate_val(), step, cfg)
                 lr = get_learning_rate(state.opt_state)
                 if sched["best_step"] == step:
@@ -370,11 +393,13 @@ def train(
                     save(step)
                 if stop_after_steps is not None and step >= stop_after_steps:
                     return TrainResult(model_config, cfg, best_params, {"interrupted_at": step}, data, workdir)
+                mark = time.time()  # evaluation and checkpoints are not train-step time
             if sched["done"]:
                 break
         else:
             sched["epoch"] += 1
             sched["batch"] = 0
+    drain()
     # Final evaluation with the best parameters.
     if sched["best_step"] == 0:  # never evaluated (tiny runs): evaluate now
         best_params = _copy(state.params)
