@@ -13,7 +13,7 @@ Resolution order of the coordinator address, process count and process id:
    when a multi-process cluster environment is recognised: SLURM with more than one task
    (``SLURM_NTASKS``), Open MPI (``OMPI_COMM_WORLD_SIZE``), a multi-host Cloud TPU slice
    (``TPU_WORKER_HOSTNAMES`` with several hosts), or a GKE / Kubernetes job that sets JAX's own
-   variables (``JAX_COORDINATOR_ADDRESS``).
+   variables (``JAX_COORDINATOR_ADDRESS``), or forced with ``IARN_DISTRIBUTED=auto``.
 
 Nothing given and no cluster recognised: a single process, and nothing is initialised.
 
@@ -40,8 +40,14 @@ def _env_int(name: str) -> Optional[int]:
 
 
 def detected_cluster() -> Optional[str]:
-    """Name of a recognised multi-process cluster environment (for JAX auto-detection), or None."""
+    """Name of a recognised multi-process cluster environment (for JAX auto-detection), or None.
+
+    ``IARN_DISTRIBUTED=auto`` forces JAX's auto-detection (e.g. on a Cloud TPU pod slice whose
+    workers do not export ``TPU_WORKER_HOSTNAMES``; JAX then asks the TPU metadata server).
+    """
     env = os.environ
+    if env.get("IARN_DISTRIBUTED", "").lower() == "auto":
+        return "forced"
     if int(env.get("SLURM_NTASKS", env.get("SLURM_NPROCS", "1")) or 1) > 1 and "SLURM_JOB_ID" in env:
         return "slurm"
     if int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1:

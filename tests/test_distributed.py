@@ -58,7 +58,7 @@ def _result(stdout: str) -> dict:
 
 def test_resolve_from_arguments_environment_and_cluster(monkeypatch):
     for name in ("IARN_COORDINATOR", "IARN_NUM_PROCESSES", "IARN_PROCESS_ID", "SLURM_NTASKS", "SLURM_JOB_ID",
-                 "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS"):
+                 "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS", "IARN_DISTRIBUTED"):
         monkeypatch.delenv(name, raising=False)
     assert distributed.resolve() == {"mode": "single"}
     assert distributed.resolve("h:1", 2, 1) == {"mode": "explicit", "coordinator_address": "h:1",
@@ -81,6 +81,10 @@ def test_resolve_from_arguments_environment_and_cluster(monkeypatch):
     monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "t0,t1,t2,t3")
     assert distributed.resolve() == {"mode": "auto:tpu"}
     monkeypatch.delenv("TPU_WORKER_HOSTNAMES")
+    monkeypatch.setenv("IARN_DISTRIBUTED", "auto")
+    assert distributed.resolve() == {"mode": "auto:forced"}
+    monkeypatch.delenv("IARN_DISTRIBUTED")
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "t0")
     monkeypatch.delenv("SLURM_JOB_ID")
     assert distributed.initialize(num_processes=1) is False  # a single process: nothing to start
 

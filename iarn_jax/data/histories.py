@@ -179,8 +179,13 @@ def _self_positions(histories: Histories, entity, counterpart, time, visible_len
     """
     event_key, query_key = _event_keys(histories, time)
     key = query_key(entity, time)
-    lo = np.searchsorted(event_key, key, side="left")
-    hi = np.searchsorted(event_key, key, side="right")
+    # Search with the queries sorted (cache-friendly on 10M-event arrays), then scatter back.
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    lo = np.empty(len(key), np.int64)
+    hi = np.empty(len(key), np.int64)
+    lo[order] = np.searchsorted(event_key, sorted_key, side="left")
+    hi[order] = np.searchsorted(event_key, sorted_key, side="right")
     flat = np.full(len(entity), -1, dtype=np.int64)
     todo = np.flatnonzero(hi > lo)
     step = 0

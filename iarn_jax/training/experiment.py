@@ -124,7 +124,10 @@ def run_experiment(
                     **(train_overrides or {})}
     model_config = ModelConfig(**model_kwargs)
     train_config = TrainConfig(**train_kwargs)
-    if workdir is not None:
+    import jax
+
+    is_main = jax.process_index() == 0  # JSON outputs come from process 0 only
+    if workdir is not None and is_main:
         pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
         (pathlib.Path(workdir) / "run.json").write_text(json.dumps({
             "protocol": protocol, "data_root": str(data_root) if data_root else None, "data": data, "cut": cut,
@@ -140,11 +143,11 @@ def run_experiment(
         "train_config": dataclasses.asdict(result.train_config),
         "total_wall_seconds": time.time() - start,
     }
-    if verbose:
+    if verbose and is_main:
         print(f"\n{name} / {model} ({history} histories): test RMSE {metrics['test_rmse']:.4f} "
               f"(MAE {metrics['test_mae']:.4f})  |  bias-only baseline RMSE {baseline['rmse']:.4f} "
               f"(MAE {baseline['mae']:.4f})")
-    if results_json:
+    if results_json and is_main:
         path = pathlib.Path(results_json)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(metrics, indent=1, default=_jsonable))
