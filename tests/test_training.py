@@ -93,8 +93,9 @@ def test_one_train_step_changes_params_and_lowers_loss(small_split):
 
 
 def _tiny_train_config(**kw):
+    # One bucket shape (every history fits 128) keeps compilation to one train and one eval step.
     base = dict(batch_size=32, eval_batch_size=64, eval_every=10, max_steps=40, max_epochs=5, log_every=0,
-                decay_patience=1, stop_patience=100, seed=3, prefetch=0)
+                decay_patience=1, stop_patience=100, seed=3, prefetch=0, bucket_lengths=(128,), max_len=128)
     return TrainConfig(**{**base, **kw})
 
 
@@ -139,7 +140,8 @@ SHARDED_SCRIPT = textwrap.dedent(
     assert len(jax.devices()) == 4, jax.devices()
     split = load_protocol("synthetic", None, n_users=120, n_items=60, n_ratings=3000, seed=0)
     model = ModelConfig(variant="iarn", embed_dim=8, hidden_size=8, attention_size=8)
-    cfg = TrainConfig(batch_size=32, eval_batch_size=64, eval_every=10, max_steps=20, log_every=0, prefetch=0)
+    cfg = TrainConfig(batch_size=32, eval_batch_size=64, eval_every=10, max_steps=20, log_every=0, prefetch=0,
+                      bucket_lengths=(128,), max_len=128)
     one = loop.train(split, model, cfg, verbose=False, devices=jax.devices()[:1])
     four = loop.train(split, model, cfg, verbose=False, devices=jax.devices())
     diffs = [float(np.max(np.abs(np.asarray(a) - np.asarray(b))))

@@ -23,7 +23,8 @@ class ModelConfig:
     summary_scale: s multiplying the other side's summary (reference: 0.25).
     softplus_beta: beta of the attention bi-RNN's softplus cell (reference: 5).
     use_rating_input: append each step's rating (centred) to the step input.
-    bias: "none" (reference default), "user_item" or "global_user_item".
+    bias: "global_user_item" (default, chosen on validation: global mean + per-user +
+      per-item scalars), "user_item", or "none" (the reference code's default).
     torch_init: Torch-style U(-1/sqrt(fan_in), 1/sqrt(fan_in)) weights and biases.
     feature_encoder: None (IARN-Plain) or the name of an encoder (seam for the
       feature-encoder issue).
@@ -42,7 +43,7 @@ class ModelConfig:
     softplus_beta: float = 5.0
     use_rating_input: bool = False
     rating_center: float = 3.0
-    bias: str = "none"
+    bias: str = "global_user_item"
     global_mean: float = 0.0
     torch_init: bool = True
     feature_encoder: Optional[str] = None

@@ -38,7 +38,9 @@ PROTOCOL_DATA_DEFAULTS = {
     "synthetic": {"n_users": 1500, "n_items": 600, "n_ratings": 30_000},
 }
 PROTOCOL_TRAIN_DEFAULTS = {
-    "synthetic": {"max_epochs": 8, "eval_every": 0, "batch_size": 128, "decay_patience": 2, "stop_patience": 3},
+    # The README's first command: a couple of minutes on a 2-core CPU.
+    "synthetic": {"max_epochs": 5, "eval_every": 0, "batch_size": 128, "decay_patience": 2, "stop_patience": 3,
+                  "max_len": 32, "bucket_lengths": (16, 32)},
     # MovieLens histories are long (ml100k: 106 steps per user on average, up to
     # ~700); on a CPU budget keep the 64 most recent steps of each history.
     "ml100k": {"max_len": 64, "batch_size": 128},
