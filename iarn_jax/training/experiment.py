@@ -26,10 +26,11 @@ DEFAULT_DATA_ROOT = pathlib.Path(__file__).resolve().parents[2].parent / "shared
 PROTOCOL_MODEL_DEFAULTS = {
     # The synthetic ratings depend on the user's past ratings of same-category
     # items, so the planted signal is only visible with the rating-of-step input.
-    "synthetic": {"embed_dim": 25, "dropout": 0.0, "use_rating_input": True, "bias": "global_user_item"},
-    "ml100k": {"embed_dim": 25, "dropout": 0.0},
-    "mlsmall": {"embed_dim": 25, "dropout": 0.0},
-    "clothing": {"embed_dim": 50, "dropout": 0.5},
+    "synthetic": {"embed_dim": 25, "dropout": 0.0, "use_rating_input": True},
+    # Real protocols: the step's rating as an extra input (measured setting, BUILD_NOTES).
+    "ml100k": {"embed_dim": 25, "dropout": 0.0, "use_rating_input": True},
+    "mlsmall": {"embed_dim": 25, "dropout": 0.0, "use_rating_input": True},
+    "clothing": {"embed_dim": 50, "dropout": 0.5, "use_rating_input": True},
 }
 PROTOCOL_DATA_DEFAULTS = {
     # The default data of `python -m experiments.train`: small enough to train in
