@@ -19,8 +19,6 @@ from iarn_jax.models.config import ModelConfig
 from iarn_jax.training.config import TrainConfig
 from iarn_jax.training.loop import TrainResult, train
 
-DEFAULT_DATA_ROOT = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
 # Per-protocol defaults (the paper: embedding 25 for MovieLens/Netflix, 50 for Amazon;
 # the reference code's best dropout per dataset). Explicit overrides win.
 PROTOCOL_MODEL_DEFAULTS = {
@@ -80,8 +78,7 @@ def load_split(
 
         fmt, path = parse_data_flag(data)
         return protocols.custom_protocol(fmt, path, cut, min_len=min_len, seed=seed, val_mode=val_mode)
-    root = pathlib.Path(data_root) if data_root else DEFAULT_DATA_ROOT
-    return protocols.load_protocol(protocol, root, seed=seed, min_len=min_len, val_mode=val_mode,
+    return protocols.load_protocol(protocol, data_root or None, seed=seed, min_len=min_len, val_mode=val_mode,
                                    **PROTOCOL_DATA_DEFAULTS.get(protocol, {}))
 
 
