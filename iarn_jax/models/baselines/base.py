@@ -1,7 +1,7 @@
 """The interface every baseline recommender implements."""
 from __future__ import annotations
 
-from typing import Optional, Protocol
+from typing import Protocol
 
 import numpy as np
 

@@ -64,7 +64,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from iarn_jax.data.types import ItemFeatures, ProtocolSplit
+from iarn_jax.data.types import ProtocolSplit
 from iarn_jax.models.baselines import _neural_common as nc
 
 DEFAULT_GRID = ({"l2": 0.05}, {"l2": 0.1}, {"l2": 0.2})
