@@ -4,6 +4,8 @@ r"""Reproduce the paper's comparison (Table 2) and backbone study (Figure 3) on 
   python -m experiments.reproduce --protocol=clothing --table=2 --methods=mf,bpr,iarn \
       --iarn_max_seconds=1800 --workdir=runs/table2_clothing --results_json=runs/clothing_table2.json
   python -m experiments.reproduce --protocol=ml100k --figure=3 --workdir=runs/table2_ml100k
+  python -m experiments.reproduce --protocol=clothing --figure=4 --iarn_max_seconds=600 \
+      [--encoders=plain,flat:target,hier:target,hier:step]
 
 Every method is fitted on the same split and evaluated with the same metrics: test RMSE / MAE of
 clipped predictions (rating models), full-ranking AUC / NDCG@10 / HR@10 over a fixed, seeded sample
@@ -14,7 +16,9 @@ Each finished method is cached in ``WORKDIR/methods/`` (IARN checkpoints in
 
 Outputs (WORKDIR): ``table2.md``, ``table2.json`` (rows + protocol, data checksum, seeds, users,
 per-method configs and timings), ``figure3.md``, ``figure3.json``, ``figure3.png`` (with
-matplotlib). ``--results_json`` gets the list of Table 2 rows (method, rmse, mae, auc, ndcg10, hr10,
+matplotlib); ``figure4.md``, ``figure4.json``, ``figure4.png`` for ``--figure=4`` (IARN-Plain vs IARN
+with each feature encoder, test RMSE; the plain row reuses Table 2's IARN run when it was trained
+with the same budget). ``--results_json`` gets the list of Table 2 rows (method, rmse, mae, auc, ndcg10, hr10,
 seconds; null where a metric does not apply).
 """
 from __future__ import annotations
@@ -32,7 +36,10 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum("protocol", "synthetic", ["synthetic", "clothing", "ml100k", "mlsmall"], "Named protocol.")
 flags.DEFINE_string("data_root", None, "Folder holding the datasets (default: ../shared/data).")
 flags.DEFINE_integer("table", None, "2: the Table 2 comparison.")
-flags.DEFINE_integer("figure", None, "3: RMSE by minimum history length for RNN / LSTM / TAGM / IARN.")
+flags.DEFINE_integer("figure", None, "3: RMSE by minimum history length for RNN / LSTM / TAGM / IARN; "
+                     "4: IARN-Plain vs IARN with feature encoders.")
+flags.DEFINE_string("encoders", None, "Figure 4's encoder specs, comma-separated ('plain' = none; default: "
+                    "plain,flat:target,hier:target,hier:step on clothing, plain,flat:target,flat:step else).")
 flags.DEFINE_string("methods", None, f"Comma-separated subset of: {', '.join(comparison.METHODS)} "
                     "(default: Table 2's methods).")
 flags.DEFINE_string("workdir", None, "Cache and outputs (default: runs/reproduce_PROTOCOL).")
@@ -48,14 +55,14 @@ flags.DEFINE_bool("quiet", False, "Less progress output.")
 
 
 def reproduce(protocol: str, *, split=None, data_root=None, table=None, figure=None, methods=None,
-              workdir=None, results_json=None, iarn_max_seconds=None, max_len=None, n_eval_users=None,
+              workdir=None, results_json=None, iarn_max_seconds=None, encoders=None, max_len=None, n_eval_users=None,
               eval_seed=0, seed=0, split_seed=123, fresh=False, verbose=True) -> dict:
     """The library entry point of the command (``split`` may be given directly, e.g. in tests).
-    Returns {"rows", "figure3"} (each None when not requested)."""
+    Returns {"rows", "figure3", "figure4"} (each None when not requested)."""
     if table is None and figure is None:
         table = 2
-    if table not in (None, 2) or figure not in (None, 3):
-        raise ValueError("only --table=2 and --figure=3 exist")
+    if table not in (None, 2) or figure not in (None, 3, 4):
+        raise ValueError("only --table=2, --figure=3 and --figure=4 exist")
     start = time.time()
     if split is None:
         from iarn_jax.training.experiment import load_split
@@ -67,14 +74,14 @@ def reproduce(protocol: str, *, split=None, data_root=None, table=None, figure=N
     workdir.mkdir(parents=True, exist_ok=True)
     table_methods = comparison.parse_methods(methods) if table else []
     figure_methods = [m for m in comparison.parse_methods(methods, comparison.BACKBONES)
-                      if m in comparison.BACKBONES] if figure else []
+                      if m in comparison.BACKBONES] if figure == 3 else []
     needed = table_methods + [m for m in figure_methods if m not in table_methods]
     result = comparison.run_comparison(
         split, needed, eval_seed=eval_seed, n_eval_users=n_eval_users, seed=seed, workdir=workdir,
         iarn_max_seconds=iarn_max_seconds, max_len=max_len, verbose=verbose)
     record = {**result["record"], "iarn_max_seconds": iarn_max_seconds, "max_len": max_len,
               "wall_seconds": time.time() - start}
-    out = {"rows": None, "figure3": None}
+    out = {"rows": None, "figure3": None, "figure4": None}
     if table:
         rows = [result["outputs"][k].row for k in table_methods]
         text = comparison.markdown_table(
@@ -89,7 +96,20 @@ def reproduce(protocol: str, *, split=None, data_root=None, table=None, figure=N
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(rows, indent=1))
         out["rows"] = rows
-    if figure:
+    if figure == 4:
+        specs = [e.strip() for e in encoders.split(",") if e.strip()] if isinstance(encoders, str) else encoders
+        rows = comparison.run_figure4(split, specs, seed=seed, workdir=workdir, iarn_max_seconds=iarn_max_seconds,
+                                      max_len=max_len, verbose=verbose)
+        text = comparison.figure4_markdown(rows, title=f"Figure 4 on `{split.name}`: IARN-Plain vs feature "
+                                           f"encoders (IARN budget {iarn_max_seconds} s)")
+        print("\n" + text + "\n", flush=True)
+        (workdir / "figure4.md").write_text(text + "\n")
+        (workdir / "figure4.json").write_text(json.dumps({**record, "rows": rows}, indent=1,
+                                                         default=comparison._jsonable))
+        if comparison.plot_figure4(rows, workdir / "figure4.png", title=split.name):
+            print(f"plot: {workdir / 'figure4.png'}")
+        out["figure4"] = rows
+    if figure == 3:
         names = [comparison.METHODS[k].name for k in figure_methods]
         rows = comparison.figure3_rows(split, result["outputs"], figure_methods)
         text = comparison.figure3_markdown(rows, names, title=f"Figure 3 on `{split.name}`: test RMSE on "
@@ -111,7 +131,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     reproduce(FLAGS.protocol, data_root=FLAGS.data_root, table=FLAGS.table, figure=FLAGS.figure,
               methods=FLAGS.methods, workdir=FLAGS.workdir, results_json=FLAGS.results_json,
-              iarn_max_seconds=FLAGS.iarn_max_seconds, max_len=FLAGS.max_len, n_eval_users=FLAGS.n_eval_users,
+              iarn_max_seconds=FLAGS.iarn_max_seconds, encoders=FLAGS.encoders, max_len=FLAGS.max_len, n_eval_users=FLAGS.n_eval_users,
               eval_seed=FLAGS.eval_seed, seed=FLAGS.seed, split_seed=FLAGS.split_seed, fresh=FLAGS.fresh,
               verbose=not FLAGS.quiet)
 

@@ -272,3 +272,26 @@ def test_timesvdpp_row_order_time():
     assert model.factors == 50 and model.clock.time_unit == "order"
     assert model.clock.days([order_split.test["time"].max()])[0] == AMAZON_SPAN_DAYS
     assert np.all(np.isfinite(model.predict_frame(order_split.test)))
+
+
+def test_grid_search_steps_past_the_edge_until_validation_stops_improving():
+    from iarn_jax.models.baselines import common
+
+    calls = []
+
+    def fit_fn(config):
+        calls.append(config["reg"])
+        score = (np.log(config["reg"]) - np.log(0.8)) ** 2  # best at reg = 0.8
+        return common.FitResult(params=None, best_score=score, best_epoch=1, epochs_run=1, seconds=0.0, curve=[])
+
+    grid = common.expand_grid(lr=[0.01], reg=[0.1, 0.2, 0.4])
+    best, result, rows = common.grid_search(grid, fit_fn, verbose=False, extend={"reg": 2.0})
+    assert calls == [0.1, 0.2, 0.4, 0.8, 1.6]  # 0.8 improved, 1.6 did not: stop
+    assert best == {"lr": 0.01, "reg": 0.8} and len(rows) == 5
+    # an interior optimum triggers nothing; the lower edge steps downwards
+    calls.clear()
+    common.grid_search(common.expand_grid(reg=[0.4, 0.8, 1.6]), fit_fn, verbose=False, extend={"reg": 2.0})
+    assert calls == [0.4, 0.8, 1.6]
+    calls.clear()
+    best, *_ = common.grid_search(common.expand_grid(reg=[1.6, 3.2]), fit_fn, verbose=False, extend={"reg": 2.0})
+    assert calls == [1.6, 3.2, 0.8, 0.4] and best["reg"] == 0.8

@@ -122,6 +122,19 @@ def test_real_movielens_pair_with_titles_and_genres():
         explain((model, params, data), "no-such-user", ds.item_ids[0], original_ids=True)
 
 
+def test_load_run_without_run_json_needs_a_built_in_protocol(run, tmp_path):
+    """Runs trained through the library (no run.json) reload from config.json's protocol; data given
+    by --data=csv:PATH cannot be found that way, and the error says so."""
+    import shutil
+
+    workdir, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)
+    (copy / "run.json").unlink()
+    with pytest.raises(FileNotFoundError, match="run.json is missing"):
+        load_run(copy)
+
+
 def test_command_line_on_a_finished_run(run, tmp_path):
     workdir, result = run
     reloaded = load_run(workdir)

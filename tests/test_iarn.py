@@ -96,10 +96,12 @@ def _np_attention(p, x):
     return np.concatenate([fwd, bwd], axis=1), summary
 
 
-def _np_gates(p, context, other_summary, interacting):
+def _np_gates(p, context, other_summary, interacting, target=None):
     gates = []
     for s_t in context:
         z = np.concatenate([s_t, 0.25 * other_summary]) if interacting else s_t
+        if target is not None:  # gate_target_embedding: [s_t ; s S_other ; s e_target]
+            z = np.concatenate([z, 0.25 * target])
         e = np.tanh(z @ p["fusion_kernel"] + p["fusion_bias"]) @ p["score_kernel"][:, 0] + p["score_bias"][0]
         gates.append(_sigmoid(2.0 * e))
     return np.array(gates)
@@ -138,8 +140,12 @@ def numpy_forward(params, cfg, batch):
         if cfg.gated:
             ctx_u, sum_u = _np_attention(pu["attention"], xu)
             ctx_i, sum_i = _np_attention(pi["attention"], xi)
-            gu = _np_gates(pu["gate"], ctx_u, sum_i, cfg.interacting)
-            gi = _np_gates(pi["gate"], ctx_i, sum_u, cfg.interacting)
+            # with gate_target_embedding each tower also reads the pair's other entity through its
+            # own step table: the user tower's embedding of the item, the item tower's of the user
+            target_u = pu["step_embedding"][batch["item"][b]] if cfg.gate_target_embedding else None
+            target_i = pi["step_embedding"][batch["user"][b]] if cfg.gate_target_embedding else None
+            gu = _np_gates(pu["gate"], ctx_u, sum_i, cfg.interacting, target_u)
+            gi = _np_gates(pi["gate"], ctx_i, sum_u, cfg.interacting, target_i)
             summaries.append((sum_u, sum_i))
         else:
             gu, gi = np.ones(lu), np.ones(li)
@@ -191,12 +197,17 @@ def test_init_follows_torch_conventions():
 # ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", ["iarn", "tagm", "rnn", "lstm"])
+@pytest.mark.parametrize("variant", ["iarn", "iarn+target", "tagm", "rnn", "lstm"])
 def test_matches_numpy_reference(variant):
-    cfg = make_config(variant, bias="global_user_item", global_mean=3.5)
+    target = variant.endswith("+target")
+    cfg = make_config(variant.removesuffix("+target"), bias="global_user_item", global_mean=3.5,
+                      gate_target_embedding=target)
     batch = make_batch()
     model, variables = init_model(cfg, batch)
     params = jax.tree.map(np.asarray, variables["params"])
+    if target:  # M = [M1; M2; M3]: the target embedding adds D rows to the fusion kernel
+        k = 4 * cfg.attention_size
+        assert params["user_tower"]["gate"]["fusion_kernel"].shape == (k + cfg.embed_dim, k)
     rng = np.random.default_rng(7)  # non-zero biases so the bias terms are checked
     params["user_tower"]["entity_bias"] = rng.normal(size=N_USERS).astype(np.float32)
     params["item_tower"]["entity_bias"] = rng.normal(size=N_ITEMS).astype(np.float32)

@@ -128,3 +128,23 @@ def test_iarn_variant_row_and_figure3(tiny_split, tmp_path):
     assert comparison.load_cached(tmp_path, "iarn", {"protocol": "other"}) is None  # fingerprint mismatch
     rows = comparison.figure3_rows(tiny_split, result["outputs"], ["iarn"])
     assert rows and rows[0]["min_len"] == 3 and rows[0]["IARN"] == pytest.approx(row["rmse"])
+
+
+def test_figure4_plain_vs_encoders(tiny_split, tmp_path):
+    """Figure 4's driver: each encoder trained with the same settings, the plain row is IARN without
+    an encoder, the encoders add parameters, rows are cached and the table marks the best RMSE."""
+    overrides = {"max_steps": 20, "eval_every": 10, "batch_size": 64, "log_every": 0, "prefetch": 0}
+    rows = comparison.run_figure4(tiny_split, ["plain", "flat:target", "flat:step"], workdir=tmp_path,
+                                  train_overrides=overrides, verbose=False)
+    assert [r["encoder"] for r in rows] == ["plain", "flat:target", "flat:step"]
+    plain, target, step = rows
+    assert all(r["rmse"] is not None and 0.3 < r["rmse"] < 3 and r["epochs"] > 0 for r in rows)
+    # the encoders add per-feature factors; flat:step transforms the user side, flat:target the item side
+    assert target["params"] > plain["params"] and step["params"] > plain["params"]
+    assert len({r["rmse"] for r in rows}) == 3  # three different models
+    again = comparison.run_figure4(tiny_split, ["flat:target"], workdir=tmp_path, train_overrides=overrides,
+                                   verbose=False)
+    assert again[0] == target  # from the cache
+    text = comparison.figure4_markdown(rows)
+    best = min(rows, key=lambda r: r["rmse"])
+    assert f"**{best['rmse']:.4f}**" in text and text.count("**") == 2

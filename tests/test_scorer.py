@@ -58,7 +58,7 @@ def direct_predictions(model, params, uh, ih, users, items, max_len):
     return out.reshape(users.size, items.size)
 
 
-CASES = {"iarn": None, "tagm": 40}  # variant -> max_len (history cap)
+CASES = {"iarn": None, "tagm": 40, "iarn+target": 40}  # case -> max_len (history cap)
 _cache: dict = {}
 
 
@@ -67,9 +67,10 @@ def scorer_case(setup, variant):
     if variant not in _cache:
         split, uh, ih, universe, users = setup
         max_len = CASES[variant]
-        config = ModelConfig(variant=variant, n_users=split.n_users, n_items=split.n_items, embed_dim=8,
-                             hidden_size=12, attention_size=6, use_rating_input=True,
-                             bias="global_user_item", global_mean=3.5)
+        config = ModelConfig(variant=variant.removesuffix("+target"), n_users=split.n_users,
+                             n_items=split.n_items, embed_dim=8, hidden_size=12, attention_size=6,
+                             use_rating_input=True, bias="global_user_item", global_mean=3.5,
+                             gate_target_embedding=variant.endswith("+target"))
         model, params = init_params(config, uh, ih)
         # chunk_size 8: several chunks per bucket (lax.map over them); encode_batch 4: several
         # encoding calls per bucket
@@ -97,6 +98,7 @@ def test_scorer_equals_direct_predictions(setup, variant):
     np.testing.assert_allclose(scorer.score_items(int(users[1]), subset), expected[1, column], rtol=1e-5, atol=1e-5)
     if variant == "iarn":
         assert not scorer.fast and len(scorer.buckets) == 3
+    if variant.startswith("iarn"):
         # scores depend on the pair: a user's score vector is not a shifted copy of another's
         assert np.std(np.diff(got[0] - got[1])) > 1e-6
     else:

@@ -13,6 +13,9 @@
 * ``markdown_table`` / ``mark_best``: the table with the best value of each column in bold and the
   runner-up marked ``*``, as the paper does; ``figure3_rows`` / ``figure3_markdown`` /
   ``plot_figure3``: RMSE by minimum history length.
+* ``run_figure4`` / ``figure4_markdown`` / ``plot_figure4``: the paper's Figure 4, IARN-Plain
+  against IARN with each feature encoder (test RMSE; the plain row reuses Table 2's IARN run when
+  it was trained with the same budget).
 """
 from __future__ import annotations
 
@@ -39,6 +42,11 @@ COLUMNS = {
     "hr10": ("HR@10", True),
 }
 FIGURE3_LENGTHS = (3, 10, 20, 30, 50, 100)
+# Figure 4: encoder specs (``ModelConfig.feature_encoder``; "plain" = none) per protocol
+FIGURE4_ENCODERS = {
+    "clothing": ("plain", "flat:target", "hier:target", "hier:step"),  # category hierarchy
+    "default": ("plain", "flat:target", "flat:step"),  # flat genres (MovieLens, synthetic)
+}
 BACKBONES = ("rnn", "lstm", "tagm", "iarn")
 
 
@@ -433,8 +441,130 @@ def plot_figure3(rows: Sequence[dict], names: Sequence[str], path: str | pathlib
     return True
 
 
+# -- Figure 4 --------------------------------------------------------------------------------------
+def _encoder_slug(spec: str) -> str:
+    return spec.replace(":", "-")
+
+
+def run_figure4(
+    split: ProtocolSplit,
+    encoders: Optional[Sequence[str]] = None,
+    *,
+    seed: int = 0,
+    workdir: Optional[str | pathlib.Path] = None,
+    iarn_max_seconds: Optional[float] = None,
+    max_len: Optional[int] = None,
+    train_overrides: Optional[dict] = None,
+    verbose: bool = True,
+) -> list[dict]:
+    """IARN with each feature encoder (``"plain"`` = none), trained with the protocol's defaults
+    and the same budget; rows {"encoder", "rmse", "mae", "val_rmse", "epochs", "stop_reason",
+    "params", "train_examples_per_second", "seconds"}. Cached per encoder in
+    ``workdir/figure4/``; the plain row reuses ``workdir/methods/iarn.json`` (Table 2's IARN)
+    when that was trained with the same seed, budget and history cap (and no ``train_overrides``,
+    which only tests use)."""
+    from iarn_jax.training.loop import predict, train
+
+    encoders = list(encoders or FIGURE4_ENCODERS.get(split.name, FIGURE4_ENCODERS["default"]))
+    workdir = pathlib.Path(workdir) if workdir is not None else None
+    fingerprint = {"protocol": split.name, "checksum": split_checksum(split), "seed": seed,
+                   "split_seed": split.seed, "iarn_max_seconds": iarn_max_seconds, "max_len": max_len}
+    rows = []
+    for spec in encoders:
+        path = workdir / "figure4" / f"{_encoder_slug(spec)}.json" if workdir is not None else None
+        if path is not None and path.exists():
+            record = json.loads(path.read_text())
+            if record.get("fingerprint") == fingerprint:
+                if verbose:
+                    print(f"[figure4] {spec}: cached ({path})", flush=True)
+                rows.append(record["row"])
+                continue
+        if spec == "plain" and workdir is not None and not train_overrides:
+            table2 = _cache_paths(workdir, "iarn")[0]
+            record = json.loads(table2.read_text()) if table2.exists() else {}
+            same = {k: record.get("fingerprint", {}).get(k) for k in fingerprint} == fingerprint
+            if same:
+                m = record["info"]["train_metrics"]
+                rows.append({"encoder": "plain", "rmse": record["row"]["rmse"], "mae": record["row"]["mae"],
+                             "val_rmse": m.get("val_rmse"), "epochs": m.get("epochs"),
+                             "stop_reason": m.get("stop_reason"), "params": m.get("params"),
+                             "train_examples_per_second": m.get("train_examples_per_second"),
+                             "seconds": record["info"].get("fit_seconds"), "source": "table2 iarn"})
+                if verbose:
+                    print(f"[figure4] plain: Table 2's IARN run ({table2})", flush=True)
+                continue
+        if verbose:
+            print(f"[figure4] {spec}: training on {split.name}", flush=True)
+        start = time.perf_counter()
+        overrides = {"feature_encoder": None if spec == "plain" else spec}
+        model_config, train_config = _iarn_settings(split, "iarn", seed, iarn_max_seconds, max_len, overrides,
+                                                    train_overrides)
+        run_dir = workdir / "figure4_runs" / _encoder_slug(spec) if workdir is not None else None
+        result = train(split, model_config, train_config, workdir=run_dir, resume=run_dir is not None,
+                       verbose=verbose)
+        test_pred = predict(result, split.test)
+        rating = ranking.evaluate_rating(lambda u, i: test_pred, split.test, split.rating_scale)
+        m = result.metrics
+        row = {"encoder": spec, "rmse": _nan_to_none(rating["rmse"]), "mae": _nan_to_none(rating["mae"]),
+               "val_rmse": m.get("val_rmse"), "epochs": m.get("epochs"), "stop_reason": m.get("stop_reason"),
+               "params": m.get("params"),
+               "train_examples_per_second": m.get("train_examples_per_second"),
+               "seconds": time.perf_counter() - start}
+        if verbose:
+            print(f"[figure4] {spec}: test RMSE {row['rmse']:.4f} (val {row['val_rmse']:.4f}, "
+                  f"{row['epochs']:.2f} epochs, {row['params']:,} params)", flush=True)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps({"fingerprint": fingerprint, "row": row}, indent=1, default=_jsonable))
+            tmp.replace(path)
+        rows.append(row)
+    return rows
+
+
+def figure4_markdown(rows: Sequence[dict], title: Optional[str] = None) -> str:
+    """IARN-Plain vs the encoders: test RMSE (best in bold), validation RMSE, epochs, parameters."""
+    best = min((r["rmse"] for r in rows if r.get("rmse") is not None), default=None)
+    lines = [title, ""] if title else []
+    lines += ["| encoder | test RMSE | test MAE | val RMSE | epochs | parameters | train ex/s |",
+              "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        rmse = "–" if r.get("rmse") is None else (f"**{r['rmse']:.4f}**" if r["rmse"] == best else f"{r['rmse']:.4f}")
+        fmt = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
+        lines.append(f"| {r['encoder']} | {rmse} | {fmt(r.get('mae'), '.4f')} | {fmt(r.get('val_rmse'), '.4f')} | "
+                     f"{fmt(r.get('epochs'), '.2f')} | {fmt(r.get('params'), ',')} | "
+                     f"{fmt(r.get('train_examples_per_second'), '.0f')} |")
+    return "\n".join(lines)
+
+
+def plot_figure4(rows: Sequence[dict], path: str | pathlib.Path, title: str = "") -> bool:
+    """PNG bar chart of test RMSE per encoder; False (nothing written) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    values = [r["rmse"] if r.get("rmse") is not None else np.nan for r in rows]
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(rows), 3.2))
+    ax.bar(range(len(rows)), values, color=["0.6"] + ["C0"] * (len(rows) - 1))
+    ax.set_xticks(range(len(rows)), [r["encoder"] for r in rows], rotation=20)
+    finite = [v for v in values if np.isfinite(v)]
+    if finite:
+        ax.set_ylim(min(finite) - 0.02, max(finite) + 0.01)
+    ax.set_ylabel("test RMSE")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 __all__ = [
-    "BACKBONES", "COLUMNS", "FIGURE3_LENGTHS", "METHODS", "Method", "MethodOutput", "ROW_KEYS", "TABLE2_METHODS",
+    "BACKBONES", "COLUMNS", "FIGURE3_LENGTHS", "FIGURE4_ENCODERS", "figure4_markdown", "plot_figure4",
+    "run_figure4", "METHODS", "Method", "MethodOutput", "ROW_KEYS", "TABLE2_METHODS",
     "figure3_markdown", "figure3_rows", "load_cached", "mark_best", "markdown_table", "parse_methods",
     "plot_figure3", "run_comparison", "run_method", "save_cached", "split_checksum",
 ]

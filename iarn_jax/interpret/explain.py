@@ -211,8 +211,9 @@ def explain(source, user, item, *, params: Any = None, data: Any = None, origina
 
 def load_run(workdir: Union[str, pathlib.Path], *, data_root: Optional[str] = None):
     """A TrainResult rebuilt from a finished ``experiments.train`` work directory: the split from
-    ``run.json``, the configs from ``config.json``, the best parameters from
-    ``checkpoints/best``."""
+    ``run.json`` (or, for runs trained through the library, e.g. ``experiments.reproduce``'s
+    ``iarn_runs/NAME``, from the protocol recorded in ``config.json``), the configs from
+    ``config.json``, the best parameters from ``checkpoints/best``."""
     from iarn_jax.models.config import ModelConfig
     from iarn_jax.training import checkpoint
     from iarn_jax.training.config import TrainConfig
@@ -220,12 +221,19 @@ def load_run(workdir: Union[str, pathlib.Path], *, data_root: Optional[str] = No
     from iarn_jax.training.loop import TrainResult, prepare_data
 
     workdir = pathlib.Path(workdir)
-    for name in ("run.json", "config.json", "checkpoints/best"):
+    for name in ("config.json", "checkpoints/best"):
         if not (workdir / name).exists():
             raise FileNotFoundError(f"{workdir / name} is missing: is {workdir} the workdir of a finished "
                                     "`python -m experiments.train --workdir=...` run?")
-    run = json.loads((workdir / "run.json").read_text())
     config = json.loads((workdir / "config.json").read_text())
+    run_path = workdir / "run.json"
+    if run_path.exists():
+        run = json.loads(run_path.read_text())
+    elif config.get("protocol") in ("synthetic", "clothing", "ml100k", "mlsmall"):
+        run = {k: config[k] for k in ("protocol", "min_len", "split_seed") if k in config}
+    else:
+        raise FileNotFoundError(f"{run_path} is missing and {workdir / 'config.json'} names no built-in "
+                                "protocol: cannot tell which data the run was trained on")
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     train_dict = {k: v for k, v in config["train"].items() if k in train_fields}

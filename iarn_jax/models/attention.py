@@ -18,6 +18,11 @@ rows split into M1 (context part, first 2A rows) and M2 (summary part, last 2A r
 ``M1 s_t + b`` is one matmul for all steps (:meth:`AttentionGate.project_context`) and
 ``s * M2 S_other`` is computed once per example (:meth:`AttentionGate.project_summary`).
 Gates are exactly 0 on padded steps.
+
+Option (not in the paper, ``ModelConfig.gate_target_embedding``): the IARN gate also reads the
+pair's other entity through this tower's own embedding of it, ``M [s_t ; s S_other ; s e_target]``
+with M: Linear(4A + D -> 4A). ``e_target`` lives in the same table as the steps' inputs, so the
+gate can compare each step with the target directly instead of through the other side's summary.
 """
 from __future__ import annotations
 
@@ -128,6 +133,7 @@ class AttentionGate(nn.Module):
 
     context_dim: int  # 2A
     interacting: bool = True
+    target_dim: int = 0  # D when the gate also reads the target's embedding (IARN option), else 0
     gate_logit_scale: float = 2.0
     summary_scale: float = 0.25
     torch_init: bool = True
@@ -139,7 +145,10 @@ class AttentionGate(nn.Module):
 
     def setup(self):
         k = self.width
-        self.fusion_kernel = self.param("fusion_kernel", kernel_init(k, self.torch_init), (k, k))
+        if self.target_dim and not self.interacting:
+            raise ValueError("only the interacting gate reads the target's embedding")
+        k_in = k + self.target_dim
+        self.fusion_kernel = self.param("fusion_kernel", kernel_init(k_in, self.torch_init), (k_in, k))
         self.fusion_bias = self.param("fusion_bias", bias_init(k, self.torch_init), (k,))
         self.score_kernel = self.param("score_kernel", kernel_init(k, self.torch_init), (k, 1))
         self.score_bias = self.param("score_bias", bias_init(k, self.torch_init), (1,))
@@ -149,12 +158,19 @@ class AttentionGate(nn.Module):
         m1 = self.fusion_kernel[: self.context_dim]
         return matmul(context, m1, resolve_dtype(self.compute_dtype)) + self.fusion_bias
 
-    def project_summary(self, other_summary: jax.Array) -> jax.Array:
-        """The other side's summary [..., 2A] -> s * M2 S_other [..., K] (IARN only)."""
+    def project_summary(self, other_summary: jax.Array, target_embedding: Optional[jax.Array] = None) -> jax.Array:
+        """The other side's summary [..., 2A] (and, with ``target_dim``, the target's embedding
+        [..., D]) -> s * (M2 S_other + M3 e_target) [..., K] (IARN only)."""
         if not self.interacting:
             raise ValueError("a non-interacting (TAGM) gate takes no summary")
-        m2 = self.fusion_kernel[self.context_dim :]
-        return self.summary_scale * matmul(other_summary, m2, resolve_dtype(self.compute_dtype))
+        dtype = resolve_dtype(self.compute_dtype)
+        m2 = self.fusion_kernel[self.context_dim : self.width]
+        projected = matmul(other_summary, m2, dtype)
+        if self.target_dim:
+            if target_embedding is None:
+                raise ValueError("this gate was built to read the target's embedding; pass it")
+            projected = projected + matmul(target_embedding, self.fusion_kernel[self.width :], dtype)
+        return self.summary_scale * projected
 
     def __call__(
         self, context_proj: jax.Array, mask: jax.Array, summary_proj: Optional[jax.Array] = None

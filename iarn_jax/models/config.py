@@ -29,6 +29,9 @@ class ModelConfig:
     feature_encoder: None (IARN-Plain) or the name of an encoder (seam for the
       feature-encoder issue).
     compute_dtype: "float32" or "bfloat16" for matmuls (parameters stay fp32).
+    gate_target_embedding: IARN only, not in the paper: each tower's gate also reads the pair's
+      other entity through the tower's own embedding table (``e_target``; see attention.py), so
+      "is this step like the target?" is one layer away instead of behind the other side's summary.
     """
 
     variant: str = "iarn"
@@ -48,12 +51,15 @@ class ModelConfig:
     torch_init: bool = True
     feature_encoder: Optional[str] = None
     compute_dtype: str = "float32"
+    gate_target_embedding: bool = False
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown model variant {self.variant!r}; choose one of {VARIANTS}")
         if self.bias not in ("none", "user_item", "global_user_item"):
             raise ValueError(f"unknown bias setting {self.bias!r}")
+        if self.gate_target_embedding and self.variant != "iarn":
+            raise ValueError("gate_target_embedding needs the interacting gate (variant 'iarn')")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 

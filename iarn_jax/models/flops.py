@@ -26,6 +26,8 @@ def side_macs(config: ModelConfig, length: int) -> int:
         macs += t * (2 * a) * k  # M1 s_t for all steps (context part of the fusion layer)
         if config.interacting:
             macs += (2 * a) * k  # M2 S: this side's summary projected for the other side, once
+            if config.gate_target_embedding:
+                macs += config.embed_dim * k  # M3 e_target (the embedding, no rating), once
         macs += t * k  # v^T tanh(.) per step
         macs += t * (d * h + h * h)  # gated layer: x W (hoisted) + h U (in the scan)
     elif config.variant == "rnn":

@@ -131,6 +131,7 @@ class Tower(nn.Module):
             )
             self.gate = AttentionGate(
                 context_dim=2 * cfg.attention_size, interacting=cfg.interacting,
+                target_dim=cfg.embed_dim if cfg.gate_target_embedding else 0,
                 gate_logit_scale=cfg.gate_logit_scale, summary_scale=cfg.summary_scale,
                 torch_init=cfg.torch_init, compute_dtype=cfg.compute_dtype,
             )
@@ -206,9 +207,14 @@ class Tower(nn.Module):
         final_state = self.recurrent.run(input_proj, mask, gates)
         return encoding._replace(input_proj=None, gates=gates, final_state=final_state)
 
-    def project_summary_for_other(self, other_summary: jax.Array) -> jax.Array:
-        """s * M2 S_other with *this* side's gate (IARN): the other side's summary, projected once."""
-        return self.gate.project_summary(other_summary)
+    def project_summary_for_other(self, other_summary: jax.Array, other_entity: jax.Array) -> jax.Array:
+        """s * M2 S_other with *this* side's gate (IARN): the other side's summary [n, 2A] of entity
+        ``other_entity`` [n], projected once (plus s * M3 e_other with ``gate_target_embedding``,
+        e_other = this tower's step embedding of that entity)."""
+        target = None
+        if self.config.gate_target_embedding:
+            target = jnp.take(self.step_embedding, other_entity, axis=0)  # [n, D]
+        return self.gate.project_summary(other_summary, target)
 
     # -- pair part -----------------------------------------------------------------------------------
     def pair_state(
@@ -264,7 +270,7 @@ class IARN(nn.Module):
         )
         if self.config.interacting:
             encoding = encoding._replace(
-                summary_for_other=self.item_tower.project_summary_for_other(encoding.summary)
+                summary_for_other=self.item_tower.project_summary_for_other(encoding.summary, user)
             )
         return encoding
 
@@ -284,7 +290,7 @@ class IARN(nn.Module):
         )
         if self.config.interacting:
             encoding = encoding._replace(
-                summary_for_other=self.user_tower.project_summary_for_other(encoding.summary)
+                summary_for_other=self.user_tower.project_summary_for_other(encoding.summary, item)
             )
         return encoding
 

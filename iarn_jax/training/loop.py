@@ -426,6 +426,7 @@ def train(
         "wall_seconds": wall,
         "train_examples_per_second": sched["examples"] / max(sched["train_seconds"], 1e-9),
         "devices": n_dev,
+        "params": int(sum(leaf.size for leaf in jax.tree.leaves(best_params))),
     }
     if ckpt_dir is not None:
         checkpoint.save_params(ckpt_dir / "best", best_params)

@@ -122,6 +122,8 @@ class BPR:
         self.factors = factors
         self.config = {**DEFAULTS, **config}
         self.grid = grid
+        # the default grid steps past its edge when the best value sits there (common.grid_search)
+        self.grid_extend = {"reg": 3.0} if grid is None else None
         self.unseen_last = unseen_last
         self.params = None
         self.item_seen = None
@@ -189,7 +191,8 @@ class BPR:
             return result
 
         best, result, rows = common.grid_search(
-            grid, fit_one, higher_is_better=True, verbose=bool(verbose), label=f"{self.name} grid"
+            grid, fit_one, higher_is_better=True, verbose=bool(verbose), label=f"{self.name} grid",
+            extend=self.grid_extend,
         )
         self.params = result.params
         self.item_seen = seen_holder["seen"]

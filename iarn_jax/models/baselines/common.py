@@ -195,19 +195,55 @@ def grid_search(
     higher_is_better: bool = False,
     verbose: bool = True,
     label: str = "grid",
+    extend: Optional[dict] = None,
+    max_extensions: int = 3,
 ) -> tuple[dict, FitResult, list[dict]]:
-    """Fits each configuration; returns (best config, its FitResult, table rows)."""
+    """Fits each configuration; returns (best config, its FitResult, table rows).
+
+    extend: {axis: factor}. When the best value of a numeric ``axis`` sits at the edge of the
+      values tried (and the grid tried more than one), the search steps past that edge
+      (value * factor above, value / factor below), other axes at their best values, while
+      that improves validation, at most ``max_extensions`` steps per axis. A grid that ends at
+      its edge would otherwise report an under- or over-regularised baseline.
+    """
     best_config, best_result, rows = None, None, []
-    for config in grid:
+    tried: list[dict] = []
+
+    def better(result) -> bool:
+        if best_result is None:
+            return True
+        if higher_is_better:
+            return result.best_score > best_result.best_score
+        return result.best_score < best_result.best_score
+
+    def run(config) -> bool:
+        nonlocal best_config, best_result
         result = fit_fn(dict(config))
+        tried.append(dict(config))
         rows.append({**config, "val": result.best_score, "best_epoch": result.best_epoch, "seconds": result.seconds})
         if verbose:
             print(f"[{label}] {config} -> val {result.best_score:.4f} (epoch {result.best_epoch}, {result.seconds:.1f}s)", flush=True)
-        better = best_result is None or (
-            result.best_score > best_result.best_score if higher_is_better else result.best_score < best_result.best_score
-        )
-        if better:
+        improved = better(result)
+        if improved:
             best_config, best_result = dict(config), result
+        return improved
+
+    for config in grid:
+        run(config)
+    for axis, factor in (extend or {}).items():
+        values = sorted({c[axis] for c in tried if isinstance(c.get(axis), (int, float)) and c.get(axis) is not None})
+        if len(values) < 2 or not isinstance(best_config.get(axis), (int, float)):
+            continue
+        for edge, step in ((values[-1], factor), (values[0], 1.0 / factor)):
+            if best_config[axis] != edge:
+                continue
+            value = edge
+            for _ in range(max_extensions):
+                value = value * step
+                if verbose:
+                    print(f"[{label}] best {axis}={best_config[axis]} is at the grid edge; trying {axis}={value:g}", flush=True)
+                if not run({**best_config, axis: value}):
+                    break
     return best_config, best_result, rows
 
 

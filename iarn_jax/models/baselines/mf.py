@@ -114,6 +114,8 @@ class MF:
         self.factors = factors
         self.config = {**DEFAULTS, **config}
         self.grid = grid
+        # the default grid steps past its edge when the best value sits there (common.grid_search)
+        self.grid_extend = {"reg": 2.0, "reg_bias": 3.0} if grid is None else None
         self.refit = refit
         self.unseen_last = unseen_last
         self.item_seen = None
@@ -191,7 +193,8 @@ class MF:
         def fit_one(overrides):
             return self._fit_config({**self.config, **overrides}, split.train, split.val, *args)[1]
 
-        best, result, rows = common.grid_search(grid, fit_one, verbose=bool(verbose), label=f"{self.name} grid")
+        best, result, rows = common.grid_search(grid, fit_one, verbose=bool(verbose), label=f"{self.name} grid",
+                                                 extend=self.grid_extend)
         config = {**self.config, **best}
         if self.refit:
             both = pd.concat([split.train, split.val], ignore_index=True)

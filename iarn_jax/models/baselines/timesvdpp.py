@@ -145,6 +145,8 @@ class TimeSVDpp:
         self.factors = factors
         self.config = {**DEFAULTS, **config}
         self.grid = grid
+        # the default grid steps past its edge when the best value sits there (common.grid_search)
+        self.grid_extend = {"reg": 2.0, "reg_time": 10.0} if grid is None else None
         self.params = None
         self.report: dict = {}
 
@@ -292,7 +294,8 @@ class TimeSVDpp:
         def fit_one(overrides):
             return self._fit_config({**self.config, **overrides}, split, seed, verbose)
 
-        best, result, rows = common.grid_search(grid, fit_one, verbose=bool(verbose), label=f"{self.name} grid")
+        best, result, rows = common.grid_search(grid, fit_one, verbose=bool(verbose), label=f"{self.name} grid",
+                                                 extend=self.grid_extend)
         self.params = result.params
         self.config = {**self.config, **best}
         self._implicit_cache = self._implicit_users(self.params["implicit"], np)
