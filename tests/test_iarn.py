@@ -96,13 +96,19 @@ def _np_attention(p, x):
     return np.concatenate([fwd, bwd], axis=1), summary
 
 
-def _np_gates(p, context, other_summary, interacting, target=None):
+def _np_gates(p, context, other_summary, interacting, target=None, x=None, target_embedding=None):
     gates = []
-    for s_t in context:
+    for t, s_t in enumerate(context):
         z = np.concatenate([s_t, 0.25 * other_summary]) if interacting else s_t
         if target is not None:  # gate_target_embedding: [s_t ; s S_other ; s e_target]
             z = np.concatenate([z, 0.25 * target])
-        e = np.tanh(z @ p["fusion_kernel"] + p["fusion_bias"]) @ p["score_kernel"][:, 0] + p["score_bias"][0]
+        pre = z @ p["fusion_kernel"] + p["fusion_bias"]
+        if "step_kernel" in p:  # gate_step_input: + M0 x_t
+            pre = pre + x[t] @ p["step_kernel"]
+        e = np.tanh(pre) @ p["score_kernel"][:, 0] + p["score_bias"][0]
+        if "match_kernel" in p:  # gate_match: + x_t^T B e_target (embedding part of x_t)
+            d = p["match_kernel"].shape[0]
+            e = e + x[t][:d] @ p["match_kernel"] @ target_embedding
         gates.append(_sigmoid(2.0 * e))
     return np.array(gates)
 
@@ -142,10 +148,11 @@ def numpy_forward(params, cfg, batch):
             ctx_i, sum_i = _np_attention(pi["attention"], xi)
             # with gate_target_embedding each tower also reads the pair's other entity through its
             # own step table: the user tower's embedding of the item, the item tower's of the user
-            target_u = pu["step_embedding"][batch["item"][b]] if cfg.gate_target_embedding else None
-            target_i = pi["step_embedding"][batch["user"][b]] if cfg.gate_target_embedding else None
-            gu = _np_gates(pu["gate"], ctx_u, sum_i, cfg.interacting, target_u)
-            gi = _np_gates(pi["gate"], ctx_i, sum_u, cfg.interacting, target_i)
+            emb_u, emb_i = pu["step_embedding"][batch["item"][b]], pi["step_embedding"][batch["user"][b]]
+            target_u = emb_u if cfg.gate_target_embedding else None
+            target_i = emb_i if cfg.gate_target_embedding else None
+            gu = _np_gates(pu["gate"], ctx_u, sum_i, cfg.interacting, target_u, xu, emb_u)
+            gi = _np_gates(pi["gate"], ctx_i, sum_u, cfg.interacting, target_i, xi, emb_i)
             summaries.append((sum_u, sum_i))
         else:
             gu, gi = np.ones(lu), np.ones(li)
@@ -197,17 +204,20 @@ def test_init_follows_torch_conventions():
 # ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", ["iarn", "iarn+target", "tagm", "rnn", "lstm"])
+@pytest.mark.parametrize("variant", ["iarn", "iarn+target", "iarn+target+step", "iarn+match", "tagm", "tagm+step",
+                                     "rnn", "lstm"])
 def test_matches_numpy_reference(variant):
-    target = variant.endswith("+target")
-    cfg = make_config(variant.removesuffix("+target"), bias="global_user_item", global_mean=3.5,
-                      gate_target_embedding=target)
+    name, *options = variant.split("+")
+    target = "target" in options
+    cfg = make_config(name, bias="global_user_item", global_mean=3.5, gate_target_embedding=target,
+                      gate_step_input="step" in options, gate_match="match" in options)
     batch = make_batch()
     model, variables = init_model(cfg, batch)
     params = jax.tree.map(np.asarray, variables["params"])
     if target:  # M = [M1; M2; M3]: the target embedding adds D rows to the fusion kernel
         k = 4 * cfg.attention_size
         assert params["user_tower"]["gate"]["fusion_kernel"].shape == (k + cfg.embed_dim, k)
+    assert ("step_kernel" in params["user_tower"].get("gate", {})) == cfg.gate_step_input
     rng = np.random.default_rng(7)  # non-zero biases so the bias terms are checked
     params["user_tower"]["entity_bias"] = rng.normal(size=N_USERS).astype(np.float32)
     params["item_tower"]["entity_bias"] = rng.normal(size=N_ITEMS).astype(np.float32)

@@ -35,11 +35,11 @@ def init_params(config, uh, ih, seed=0):
     pairs = make_pairs(pd.DataFrame({"user": [0], "item": [0], "rating": [3.0], "time": [0]}), uh, ih)
     batch = batching.materialize(np.array([0]), pairs, uh, ih)
     params = model.init(jax.random.PRNGKey(seed), batch)["params"]
-    # non-zero biases so the bias path is exercised too
+    # non-zero biases (and match kernels, zero at init) so those paths are exercised too
     rng = np.random.default_rng(seed)
     params = jax.tree_util.tree_map_with_path(
         lambda path, x: x + 0.1 * rng.standard_normal(x.shape).astype(x.dtype)
-        if "entity_bias" in jax.tree_util.keystr(path) else x, params)
+        if any(k in jax.tree_util.keystr(path) for k in ("entity_bias", "match_kernel")) else x, params)
     return model, params
 
 
@@ -58,7 +58,8 @@ def direct_predictions(model, params, uh, ih, users, items, max_len):
     return out.reshape(users.size, items.size)
 
 
-CASES = {"iarn": None, "tagm": 40, "iarn+target": 40}  # case -> max_len (history cap)
+# case -> max_len (history cap); "+options": every gate option (target embedding, step input, match)
+CASES = {"iarn": None, "tagm": 40, "iarn+options": 40}
 _cache: dict = {}
 
 
@@ -67,10 +68,11 @@ def scorer_case(setup, variant):
     if variant not in _cache:
         split, uh, ih, universe, users = setup
         max_len = CASES[variant]
-        config = ModelConfig(variant=variant.removesuffix("+target"), n_users=split.n_users,
+        options = variant.endswith("+options")
+        config = ModelConfig(variant=variant.removesuffix("+options"), n_users=split.n_users,
                              n_items=split.n_items, embed_dim=8, hidden_size=12, attention_size=6,
                              use_rating_input=True, bias="global_user_item", global_mean=3.5,
-                             gate_target_embedding=variant.endswith("+target"))
+                             gate_target_embedding=options, gate_step_input=options, gate_match=options)
         model, params = init_params(config, uh, ih)
         # chunk_size 8: several chunks per bucket (lax.map over them); encode_batch 4: several
         # encoding calls per bucket
@@ -137,3 +139,23 @@ def test_from_result_uses_training_settings(setup):
     np.testing.assert_allclose(scorer.score_matrix(users[:2], items), expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(KeyError):  # candidates must come from the cached item set
         scorer.score_items(int(users[0]), universe[:1])
+
+
+@pytest.mark.parametrize("variant", ["iarn", "tagm"])
+def test_interaction_score_drops_exactly_the_bias_terms(setup, variant):
+    """score="interaction" (the authors' ranking score) = predicted rating - (mu + b_u + b_i)."""
+    split, uh, ih, universe, users = setup
+    model, params, _, _ = scorer_case(setup, variant)
+    rng = np.random.default_rng(3)
+    params = jax.tree_util.tree_map(np.asarray, params)
+    b_user = rng.normal(size=params["user_tower"]["entity_bias"].shape).astype(np.float32)
+    b_item = rng.normal(size=params["item_tower"]["entity_bias"].shape).astype(np.float32)
+    params["user_tower"]["entity_bias"], params["item_tower"]["entity_bias"] = b_user, b_item
+    kwargs = dict(max_len=CASES[variant], bucket_lengths=BUCKETS, chunk_size=8, encode_batch=4)
+    rating = RankingScorer(model, params, uh, ih, universe, **kwargs).score_matrix(users, universe)
+    interaction = RankingScorer(model, params, uh, ih, universe, score="interaction",
+                                **kwargs).score_matrix(users, universe)
+    bias = 3.5 + b_user[users][:, None] + b_item[universe][None, :]
+    np.testing.assert_allclose(rating - interaction, bias, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="score must be"):
+        RankingScorer(model, params, uh, ih, universe, score="bias", **kwargs)

@@ -20,9 +20,11 @@ For the variants whose recurrent state does not depend on the pair (TAGM, RNN, L
 ``<user_repr, item_repr> + biases``: the scorer caches the item representations [N, h] and scores
 users with one matrix product (``score_matrix``), the fast path.
 
-Ranking scores are exactly the model's predicted ratings (``IARN.__call__`` on the same pair with
-whole training histories and no self-step), unclipped, bias terms included when the config has
-them; nothing is excluded. Histories follow training's conventions (``TrainConfig.max_len`` keeps the
+Ranking scores (``score="rating"``, default) are exactly the model's predicted ratings
+(``IARN.__call__`` on the same pair with whole training histories and no self-step), unclipped,
+bias terms included when the config has them. ``score="interaction"`` drops the bias terms and
+ranks by ``<user_repr, item_repr>`` alone, as the authors' ranking code does (reference notes 4.2;
+only the item bias changes a user's ranking). Histories follow training's conventions (``TrainConfig.max_len`` keeps the
 most recent steps; step ratings as in ``batching.materialize``).
 
 Typical use::
@@ -100,6 +102,8 @@ class RankingScorer:
     chunk_elements: bound on the largest per-chunk intermediate, [chunk, tu + ti, gate width]
       floats; longer histories get smaller chunks.
     encode_batch: rows per encoding call when the item cache is built.
+    score: "rating" (predicted ratings, biases included) or "interaction" (<user_repr, item_repr>
+      only, the authors' ranking score).
     """
 
     def __init__(
@@ -115,7 +119,11 @@ class RankingScorer:
         chunk_size: int = 256,
         chunk_elements: int = 1 << 22,
         encode_batch: int = 512,
+        score: str = "rating",
     ):
+        if score not in ("rating", "interaction"):
+            raise ValueError(f"score must be 'rating' or 'interaction', got {score!r}")
+        self.score = score
         self.model = model
         self.config = model.config
         self.params = params
@@ -185,8 +193,8 @@ class RankingScorer:
         chunks = jax.tree_util.tree_map(lambda x: x.reshape((n // chunk, chunk) + x.shape[1:]), item_encoding)
 
         def one(item_chunk):
-            prediction, _ = model.apply({"params": params}, user_encoding, item_chunk, method=IARN.pair)
-            return prediction
+            prediction, aux = model.apply({"params": params}, user_encoding, item_chunk, method=IARN.pair)
+            return prediction - aux["bias"] if self.score == "interaction" else prediction
 
         return jax.lax.map(one, chunks).reshape(n)
 
@@ -290,7 +298,10 @@ class RankingScorer:
     __call__ = score_items
 
     def _combine(self, u_repr: np.ndarray, u_bias: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        scores = u_repr @ self.item_repr[positions].T + u_bias[:, None] + self.item_bias[positions][None, :]
+        scores = u_repr @ self.item_repr[positions].T
+        if self.score == "interaction":
+            return scores
+        scores = scores + u_bias[:, None] + self.item_bias[positions][None, :]
         if self.config.bias == "global_user_item":
             scores = scores + np.float32(self.config.global_mean)
         return scores

@@ -23,6 +23,9 @@ Option (not in the paper, ``ModelConfig.gate_target_embedding``): the IARN gate 
 pair's other entity through this tower's own embedding of it, ``M [s_t ; s S_other ; s e_target]``
 with M: Linear(4A + D -> 4A). ``e_target`` lives in the same table as the steps' inputs, so the
 gate can compare each step with the target directly instead of through the other side's summary.
+Option ``ModelConfig.gate_match``: a bilinear match of each step's embedding with the target's,
+``x_t^T B e_target``, added to the logit (multiplicative attention; B starts at 0). An additive
+tanh layer must learn "step and target agree" as a conjunction; the bilinear form states it.
 """
 from __future__ import annotations
 
@@ -55,8 +58,10 @@ def attention_gates(
     score_bias: jax.Array,  # [1]: c
     logit_scale: float,
     compute_dtype=jnp.float32,
+    match_logits: Optional[jax.Array] = None,  # [..., t]: x_t^T B e_target (gate_match option)
 ) -> jax.Array:
-    """a_t = sigmoid(w * (v^T tanh(context_proj_t + summary_proj) + c)), exactly 0 on padding.
+    """a_t = sigmoid(w * (v^T tanh(context_proj_t + summary_proj) + c [+ match_t])), exactly 0 on
+    padding.
 
     Leading dims broadcast (e.g. one user's context [1, t, K] against C items' summaries [C, K]).
     """
@@ -64,6 +69,8 @@ def attention_gates(
     if summary_proj is not None:
         fused = fused + summary_proj[..., None, :]
     logits = matmul(jnp.tanh(fused), score_kernel, compute_dtype)[..., 0] + score_bias[0]
+    if match_logits is not None:
+        logits = logits + match_logits
     gates = jax.nn.sigmoid(logit_scale * logits)
     return jnp.where(mask, gates, 0.0)
 
@@ -134,6 +141,8 @@ class AttentionGate(nn.Module):
     context_dim: int  # 2A
     interacting: bool = True
     target_dim: int = 0  # D when the gate also reads the target's embedding (IARN option), else 0
+    step_dim: int = 0  # d when the gate also reads each step's own input x_t (option), else 0
+    match_dim: int = 0  # D for the bilinear step/target match x_t^T B e_target (IARN option), else 0
     gate_logit_scale: float = 2.0
     summary_scale: float = 0.25
     torch_init: bool = True
@@ -152,11 +161,26 @@ class AttentionGate(nn.Module):
         self.fusion_bias = self.param("fusion_bias", bias_init(k, self.torch_init), (k,))
         self.score_kernel = self.param("score_kernel", kernel_init(k, self.torch_init), (k, 1))
         self.score_bias = self.param("score_bias", bias_init(k, self.torch_init), (1,))
+        if self.match_dim:
+            if not self.interacting:
+                raise ValueError("only the interacting gate matches steps against the target")
+            # B starts at 0: the gate starts as the paper's and learns the match
+            self.match_kernel = self.param("match_kernel", nn.initializers.zeros_init(),
+                                           (self.match_dim, self.match_dim))
+        if self.step_dim:
+            self.step_kernel = self.param("step_kernel", kernel_init(k_in, self.torch_init), (self.step_dim, k))
 
-    def project_context(self, context: jax.Array) -> jax.Array:
-        """context [..., t, 2A] -> M1 s_t + b [..., t, K] for all steps at once."""
+    def project_context(self, context: jax.Array, step_inputs: Optional[jax.Array] = None) -> jax.Array:
+        """context [..., t, 2A] (and, with ``step_dim``, the step inputs x [..., t, d]) ->
+        M1 s_t (+ M0 x_t) + b [..., t, K] for all steps at once."""
+        dtype = resolve_dtype(self.compute_dtype)
         m1 = self.fusion_kernel[: self.context_dim]
-        return matmul(context, m1, resolve_dtype(self.compute_dtype)) + self.fusion_bias
+        projected = matmul(context, m1, dtype) + self.fusion_bias
+        if self.step_dim:
+            if step_inputs is None:
+                raise ValueError("this gate was built to read the step inputs; pass them")
+            projected = projected + matmul(step_inputs, self.step_kernel, dtype)
+        return projected
 
     def project_summary(self, other_summary: jax.Array, target_embedding: Optional[jax.Array] = None) -> jax.Array:
         """The other side's summary [..., 2A] (and, with ``target_dim``, the target's embedding
@@ -172,13 +196,25 @@ class AttentionGate(nn.Module):
             projected = projected + matmul(target_embedding, self.fusion_kernel[self.width :], dtype)
         return self.summary_scale * projected
 
+    def match_keys(self, step_embeddings: jax.Array) -> jax.Array:
+        """Step embeddings [..., t, D] -> x_t^T B [..., t, D] (gate_match; once per history)."""
+        return matmul(step_embeddings, self.match_kernel, resolve_dtype(self.compute_dtype))
+
     def __call__(
-        self, context_proj: jax.Array, mask: jax.Array, summary_proj: Optional[jax.Array] = None
+        self, context_proj: jax.Array, mask: jax.Array, summary_proj: Optional[jax.Array] = None,
+        match_keys: Optional[jax.Array] = None, match_query: Optional[jax.Array] = None,
     ) -> jax.Array:
-        """Gates [..., t] from ``project_context`` output and (IARN) ``project_summary`` output."""
+        """Gates [..., t] from ``project_context`` output and (IARN) ``project_summary`` output;
+        with ``match_dim``, plus the match logits ``<match_keys_t, match_query>`` (keys [..., t, D],
+        query = the target's embedding [..., D]; leading dims broadcast)."""
         if self.interacting and summary_proj is None:
             raise ValueError("the interacting gate needs the other side's projected summary")
+        match_logits = None
+        if self.match_dim:
+            if match_keys is None or match_query is None:
+                raise ValueError("this gate was built with a step/target match; pass keys and query")
+            match_logits = jnp.sum(match_keys * match_query[..., None, :], axis=-1)
         return attention_gates(
             context_proj, summary_proj, mask, self.score_kernel, self.score_bias,
-            self.gate_logit_scale, resolve_dtype(self.compute_dtype),
+            self.gate_logit_scale, resolve_dtype(self.compute_dtype), match_logits,
         )

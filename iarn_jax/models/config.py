@@ -32,6 +32,10 @@ class ModelConfig:
     gate_target_embedding: IARN only, not in the paper: each tower's gate also reads the pair's
       other entity through the tower's own embedding table (``e_target``; see attention.py), so
       "is this step like the target?" is one layer away instead of behind the other side's summary.
+    gate_step_input: gated variants, not in the paper: the gate also reads each step's own input
+      x_t (``M0 x_t``), next to its bi-RNN context s_t.
+    gate_match: IARN only, not in the paper: a bilinear match x_t^T B e_target of each step's
+      embedding with the target's embedding (this tower's table) is added to the gate logit.
     """
 
     variant: str = "iarn"
@@ -52,6 +56,8 @@ class ModelConfig:
     feature_encoder: Optional[str] = None
     compute_dtype: str = "float32"
     gate_target_embedding: bool = False
+    gate_step_input: bool = False
+    gate_match: bool = False
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -60,6 +66,10 @@ class ModelConfig:
             raise ValueError(f"unknown bias setting {self.bias!r}")
         if self.gate_target_embedding and self.variant != "iarn":
             raise ValueError("gate_target_embedding needs the interacting gate (variant 'iarn')")
+        if self.gate_match and self.variant != "iarn":
+            raise ValueError("gate_match needs the interacting gate (variant 'iarn')")
+        if self.gate_step_input and self.variant not in ("iarn", "tagm"):
+            raise ValueError("gate_step_input needs a gated variant ('iarn' or 'tagm')")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 

@@ -24,6 +24,8 @@ def side_macs(config: ModelConfig, length: int) -> int:
         k = 4 * a if config.interacting else 2 * a  # width of the gate's fusion layer
         macs += 2 * t * (d * a + a * a)  # attention bi-RNN: two directions, x W + g U per step
         macs += t * (2 * a) * k  # M1 s_t for all steps (context part of the fusion layer)
+        if config.gate_step_input:
+            macs += t * d * k  # M0 x_t for all steps
         if config.interacting:
             macs += (2 * a) * k  # M2 S: this side's summary projected for the other side, once
             if config.gate_target_embedding:

@@ -84,6 +84,9 @@ class SideEncoding(NamedTuple):
     gates: [n, t] gates when they do not depend on the pair (TAGM; mask as float for rnn/lstm);
       None for IARN (computed in ``pair``).
     final_state: [n, h] final recurrent state when it does not depend on the pair; None for IARN.
+    match_keys: [n, t, D] x_t^T B of this side's steps (``gate_match`` only).
+    match_query_for_other: [n, D] this entity's embedding in the *other* tower's table, the query
+      of the other side's match (``gate_match`` only).
     """
 
     entity: jax.Array
@@ -94,6 +97,8 @@ class SideEncoding(NamedTuple):
     summary_for_other: Optional[jax.Array] = None
     gates: Optional[jax.Array] = None
     final_state: Optional[jax.Array] = None
+    match_keys: Optional[jax.Array] = None
+    match_query_for_other: Optional[jax.Array] = None
 
 
 def _broadcast_leading(x: jax.Array, n: int) -> jax.Array:
@@ -132,6 +137,8 @@ class Tower(nn.Module):
             self.gate = AttentionGate(
                 context_dim=2 * cfg.attention_size, interacting=cfg.interacting,
                 target_dim=cfg.embed_dim if cfg.gate_target_embedding else 0,
+                step_dim=self.input_dim if cfg.gate_step_input else 0,
+                match_dim=cfg.embed_dim if cfg.gate_match else 0,
                 gate_logit_scale=cfg.gate_logit_scale, summary_scale=cfg.summary_scale,
                 torch_init=cfg.torch_init, compute_dtype=cfg.compute_dtype,
             )
@@ -199,8 +206,10 @@ class Tower(nn.Module):
                 input_proj=None, gates=mask.astype(final_state.dtype), final_state=final_state
             )
         context, summary = self.attention(x, mask, deterministic=deterministic)
-        context_proj = self.gate.project_context(context)  # [n, t, K]
+        context_proj = self.gate.project_context(context, x if cfg.gate_step_input else None)  # [n, t, K]
         encoding = encoding._replace(context_proj=context_proj, summary=summary)
+        if cfg.gate_match:
+            encoding = encoding._replace(match_keys=self.gate.match_keys(x[..., : cfg.embed_dim]))
         if cfg.interacting:
             return encoding  # gates and the gated scan need the other side: see ``pair_state``
         gates = self.gate(context_proj, mask)
@@ -213,8 +222,12 @@ class Tower(nn.Module):
         e_other = this tower's step embedding of that entity)."""
         target = None
         if self.config.gate_target_embedding:
-            target = jnp.take(self.step_embedding, other_entity, axis=0)  # [n, D]
+            target = self.embed_other(other_entity)  # [n, D]
         return self.gate.project_summary(other_summary, target)
+
+    def embed_other(self, other_entity: jax.Array) -> jax.Array:
+        """This tower's step embedding [n, D] of the pair's other entity (a user tower embeds items)."""
+        return jnp.take(self.step_embedding, other_entity, axis=0)
 
     # -- pair part -----------------------------------------------------------------------------------
     def pair_state(
@@ -223,7 +236,8 @@ class Tower(nn.Module):
         """(final state [m, h], gates [m, t]) of this side for the pair with ``other``."""
         if encoding.final_state is not None:
             return encoding.final_state, encoding.gates
-        gates = self.gate(encoding.context_proj, encoding.mask, other.summary_for_other)  # [m, t]
+        gates = self.gate(encoding.context_proj, encoding.mask, other.summary_for_other,
+                          encoding.match_keys, other.match_query_for_other)  # [m, t]
         m = gates.shape[0]
         final_state = self.recurrent.run(_broadcast_leading(encoding.input_proj, m), None, gates)
         return final_state, gates
@@ -272,6 +286,8 @@ class IARN(nn.Module):
             encoding = encoding._replace(
                 summary_for_other=self.item_tower.project_summary_for_other(encoding.summary, user)
             )
+            if self.config.gate_match:
+                encoding = encoding._replace(match_query_for_other=self.item_tower.embed_other(user))
         return encoding
 
     def encode_item(
@@ -292,6 +308,8 @@ class IARN(nn.Module):
             encoding = encoding._replace(
                 summary_for_other=self.user_tower.project_summary_for_other(encoding.summary, item)
             )
+            if self.config.gate_match:
+                encoding = encoding._replace(match_query_for_other=self.user_tower.embed_other(item))
         return encoding
 
     def pair(
