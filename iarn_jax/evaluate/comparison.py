@@ -468,13 +468,14 @@ def run_figure4(
     encoders = list(encoders or FIGURE4_ENCODERS.get(split.name, FIGURE4_ENCODERS["default"]))
     workdir = pathlib.Path(workdir) if workdir is not None else None
     fingerprint = {"protocol": split.name, "checksum": split_checksum(split), "seed": seed,
-                   "split_seed": split.seed, "iarn_max_seconds": iarn_max_seconds, "max_len": max_len}
+                   "split_seed": split.seed, "iarn_max_seconds": iarn_max_seconds, "max_len": max_len,
+                   "train_overrides": train_overrides or None}
     rows = []
     for spec in encoders:
         path = workdir / "figure4" / f"{_encoder_slug(spec)}.json" if workdir is not None else None
         if path is not None and path.exists():
             record = json.loads(path.read_text())
-            if record.get("fingerprint") == fingerprint:
+            if {"train_overrides": None, **record.get("fingerprint", {})} == fingerprint:
                 if verbose:
                     print(f"[figure4] {spec}: cached ({path})", flush=True)
                 rows.append(record["row"])
