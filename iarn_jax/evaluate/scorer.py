@@ -24,8 +24,8 @@ Ranking scores (``score="rating"``, default) are exactly the model's predicted r
 (``IARN.__call__`` on the same pair with whole training histories and no self-step), unclipped,
 bias terms included when the config has them. ``score="interaction"`` drops the bias terms and
 ranks by ``<user_repr, item_repr>`` alone, as the authors' ranking code does (reference notes 4.2;
-only the item bias changes a user's ranking). Histories follow training's conventions (``TrainConfig.max_len`` keeps the
-most recent steps; step ratings as in ``batching.materialize``).
+only the item bias changes a user's ranking). Histories follow training's conventions
+(``TrainConfig.max_len`` keeps the most recent steps; step ratings as in ``batching.materialize``).
 
 Typical use::
 
