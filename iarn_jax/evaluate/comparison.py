@@ -154,6 +154,17 @@ def _iarn_settings(split: ProtocolSplit, variant: str, seed: int, max_seconds: O
     return ModelConfig(**model_kwargs), TrainConfig(**train_kwargs)
 
 
+def _train_iarn(split: ProtocolSplit, variant: str, run_dir: Optional[pathlib.Path], *, seed: int,
+                max_seconds: Optional[float], max_len: Optional[int], model_overrides: Optional[dict],
+                train_overrides: Optional[dict], verbose: bool):
+    """Trains one IARN-family model with the protocol's defaults (resuming in ``run_dir``)."""
+    from iarn_jax.training.loop import train
+
+    model_config, train_config = _iarn_settings(split, variant, seed, max_seconds, max_len, model_overrides,
+                                                train_overrides)
+    return train(split, model_config, train_config, workdir=run_dir, resume=run_dir is not None, verbose=verbose)
+
+
 def run_method(
     key: str,
     split: ProtocolSplit,
@@ -176,13 +187,12 @@ def run_method(
     test_users, test_items = test["user"].to_numpy(np.int64), test["item"].to_numpy(np.int64)
     if method.kind == "iarn":
         from iarn_jax.evaluate.scorer import RankingScorer
-        from iarn_jax.training.loop import predict, train
+        from iarn_jax.training.loop import predict
 
-        model_config, train_config = _iarn_settings(split, method.variant, seed, iarn_max_seconds, max_len,
-                                                    model_overrides, train_overrides)
         run_dir = workdir / "iarn_runs" / key if workdir is not None else None
-        result = train(split, model_config, train_config, workdir=run_dir, resume=run_dir is not None,
-                       verbose=verbose)
+        result = _train_iarn(split, method.variant, run_dir, seed=seed, max_seconds=iarn_max_seconds,
+                             max_len=max_len, model_overrides=model_overrides, train_overrides=train_overrides,
+                             verbose=verbose)
         fit_seconds = time.perf_counter() - start
         test_pred = predict(result, test)  # in split.test order
         rating = ranking.evaluate_rating(lambda u, i: test_pred, test, split.rating_scale)
@@ -463,8 +473,6 @@ def run_figure4(
     ``workdir/figure4/``; the plain row reuses ``workdir/methods/iarn.json`` (Table 2's IARN)
     when that was trained with the same seed, budget and history cap (and no ``train_overrides``,
     which only tests use)."""
-    from iarn_jax.training.loop import predict, train
-
     encoders = list(encoders or FIGURE4_ENCODERS.get(split.name, FIGURE4_ENCODERS["default"]))
     workdir = pathlib.Path(workdir) if workdir is not None else None
     fingerprint = {"protocol": split.name, "checksum": split_checksum(split), "seed": seed,
@@ -497,16 +505,12 @@ def run_figure4(
         if verbose:
             print(f"[figure4] {spec}: training on {split.name}", flush=True)
         start = time.perf_counter()
-        overrides = {"feature_encoder": None if spec == "plain" else spec}
-        model_config, train_config = _iarn_settings(split, "iarn", seed, iarn_max_seconds, max_len, overrides,
-                                                    train_overrides)
         run_dir = workdir / "figure4_runs" / _encoder_slug(spec) if workdir is not None else None
-        result = train(split, model_config, train_config, workdir=run_dir, resume=run_dir is not None,
-                       verbose=verbose)
-        test_pred = predict(result, split.test)
-        rating = ranking.evaluate_rating(lambda u, i: test_pred, split.test, split.rating_scale)
-        m = result.metrics
-        row = {"encoder": spec, "rmse": _nan_to_none(rating["rmse"]), "mae": _nan_to_none(rating["mae"]),
+        result = _train_iarn(split, "iarn", run_dir, seed=seed, max_seconds=iarn_max_seconds, max_len=max_len,
+                             model_overrides={"feature_encoder": None if spec == "plain" else spec},
+                             train_overrides=train_overrides, verbose=verbose)
+        m = result.metrics  # train() already scored split.test (clipped) with the best parameters
+        row = {"encoder": spec, "rmse": _nan_to_none(m.get("test_rmse")), "mae": _nan_to_none(m.get("test_mae")),
                "val_rmse": m.get("val_rmse"), "epochs": m.get("epochs"), "stop_reason": m.get("stop_reason"),
                "params": m.get("params"),
                "train_examples_per_second": m.get("train_examples_per_second"),

@@ -216,18 +216,20 @@ class Tower(nn.Module):
         final_state = self.recurrent.run(input_proj, mask, gates)
         return encoding._replace(input_proj=None, gates=gates, final_state=final_state)
 
-    def project_summary_for_other(self, other_summary: jax.Array, other_entity: jax.Array) -> jax.Array:
-        """s * M2 S_other with *this* side's gate (IARN): the other side's summary [n, 2A] of entity
-        ``other_entity`` [n], projected once (plus s * M3 e_other with ``gate_target_embedding``,
-        e_other = this tower's step embedding of that entity)."""
-        target = None
-        if self.config.gate_target_embedding:
-            target = self.embed_other(other_entity)  # [n, D]
-        return self.gate.project_summary(other_summary, target)
-
-    def embed_other(self, other_entity: jax.Array) -> jax.Array:
-        """This tower's step embedding [n, D] of the pair's other entity (a user tower embeds items)."""
-        return jnp.take(self.step_embedding, other_entity, axis=0)
+    def terms_for_other(self, other: SideEncoding) -> SideEncoding:
+        """The other side's encoding plus what *this* side's interacting gate needs of it, computed
+        once per entity: s * M2 S_other (+ s * M3 e_other with ``gate_target_embedding``) and, with
+        ``gate_match``, the match query e_other; e_other = this tower's step embedding [n, D] of the
+        other entity (a user tower embeds items)."""
+        cfg = self.config
+        embedding = None
+        if cfg.gate_target_embedding or cfg.gate_match:
+            embedding = jnp.take(self.step_embedding, other.entity, axis=0)  # [n, D]
+        return other._replace(
+            summary_for_other=self.gate.project_summary(
+                other.summary, embedding if cfg.gate_target_embedding else None),
+            match_query_for_other=embedding if cfg.gate_match else None,
+        )
 
     # -- pair part -----------------------------------------------------------------------------------
     def pair_state(
@@ -282,13 +284,7 @@ class IARN(nn.Module):
         encoding = self.user_tower.encode(
             user, user_history, user_history_rating, user_history_mask, deterministic=deterministic
         )
-        if self.config.interacting:
-            encoding = encoding._replace(
-                summary_for_other=self.item_tower.project_summary_for_other(encoding.summary, user)
-            )
-            if self.config.gate_match:
-                encoding = encoding._replace(match_query_for_other=self.item_tower.embed_other(user))
-        return encoding
+        return self.item_tower.terms_for_other(encoding) if self.config.interacting else encoding
 
     def encode_item(
         self,
@@ -304,13 +300,7 @@ class IARN(nn.Module):
             item, item_history, item_history_rating, item_history_mask, target_item=item,
             deterministic=deterministic,
         )
-        if self.config.interacting:
-            encoding = encoding._replace(
-                summary_for_other=self.user_tower.project_summary_for_other(encoding.summary, item)
-            )
-            if self.config.gate_match:
-                encoding = encoding._replace(match_query_for_other=self.user_tower.embed_other(item))
-        return encoding
+        return self.user_tower.terms_for_other(encoding) if self.config.interacting else encoding
 
     def pair(
         self, user_encoding: SideEncoding, item_encoding: SideEncoding, *, deterministic: bool = True
