@@ -407,7 +407,7 @@ def _define_flags():
 
 
 if __name__ == "__main__":
-    from absl import app
+    from experiments import _cli
 
     _define_flags()
-    app.run(main)
+    _cli.run_main(main)  # data / flag / run-state errors: one line, exit status 2

@@ -12,7 +12,6 @@ import sys
 from absl import app, flags
 
 from iarn_jax.data import protocols
-from iarn_jax.data.types import DataError
 
 FLAGS = flags.FLAGS
 
@@ -29,6 +28,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", 123, "Seed of the validation split.")
     flags.DEFINE_enum("val_mode", "random", ["random", "temporal"], "Validation split mode.")
     flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+    flags.DEFINE_string("rating_scale", None, "LOW,HIGH rating scale of --data=csv:/parquet: tables (default: "
+                        "the first standard scale holding every rating).")
 
 
 _TABLE = (("n_users", "#User"), ("n_items", "#Item"), ("n_ratings", "#Rating"), ("n_features", "#Feature"),
@@ -38,12 +39,16 @@ _TABLE = (("n_users", "#User"), ("n_items", "#Item"), ("n_ratings", "#Rating"), 
 
 
 def compute_stats(protocol: str, data_root=None, data=None, cut=None, min_len: int = 3, seed: int = 123,
-                  val_mode: str = "random") -> dict:
+                  val_mode: str = "random", rating_scale=None) -> dict:
     if data:
         from iarn_jax.data.loaders import parse_data_flag
+        from iarn_jax.data.loaders.dispatch import check_rating_scale
 
         fmt, path = parse_data_flag(data)
-        split = protocols.custom_protocol(fmt, path, cut, seed=seed, min_len=min_len, val_mode=val_mode)
+        split = protocols.custom_protocol(fmt, path, cut, seed=seed, min_len=min_len, val_mode=val_mode,
+                                          rating_scale=None if rating_scale is None else check_rating_scale(rating_scale))
+    elif rating_scale is not None:
+        raise ValueError("--rating_scale applies to --data=csv:PATH / parquet:PATH only")
     else:
         split = protocols.load_protocol(protocol, data_root, seed=seed, min_len=min_len, val_mode=val_mode)
     return protocols.protocol_stats(split)
@@ -61,15 +66,14 @@ def format_stats(stats: dict) -> str:
 
 def main(argv):
     del argv
-    try:
-        stats = compute_stats(FLAGS.protocol, FLAGS.data_root, FLAGS.data, FLAGS.cut, FLAGS.min_len,
-                              FLAGS.seed, FLAGS.val_mode)
-    except (DataError, ValueError) as error:  # bad data or flags: one clear line, exit status 2
-        sys.stderr.write(f"data_stats: error: {error}\n")
-        sys.exit(2)
+    # bad data or flags: one clear line, exit status 2 (experiments._cli.run_main)
+    stats = compute_stats(FLAGS.protocol, FLAGS.data_root, FLAGS.data, FLAGS.cut, FLAGS.min_len,
+                          FLAGS.seed, FLAGS.val_mode, FLAGS.rating_scale)
     sys.stdout.write((json.dumps(stats) if FLAGS.json else format_stats(stats)) + "\n")
 
 
 if __name__ == "__main__":
+    from experiments import _cli
+
     define_flags()
-    app.run(main)
+    _cli.run_main(main)

@@ -5,6 +5,7 @@ On the work directory of a finished ``python -m experiments.train --workdir=DIR`
   python -m experiments.explain --workdir=runs/ml100k                       # first test pair
   python -m experiments.explain --workdir=runs/ml100k --user=13 --item=300 --png=explain.png
   python -m experiments.explain --workdir=runs/ml100k --json
+  python -m experiments.explain --workdir=runs/mine --data=ml-dat:/data/ml-1m --cut=2002-01-01
 
 --user / --item are the source's original ids. Prints the predicted rating and both histories
 (user: items, item: users) with each step's gate; --png writes the Figure-5 style picture (needs
@@ -14,13 +15,17 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
+
+from experiments import _output
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Work directory of a finished experiments.train run.", required=True)
 flags.DEFINE_string("user", None, "Original user id (default: the first test pair's).")
 flags.DEFINE_string("item", None, "Original item id (default: the first test pair's).")
 flags.DEFINE_string("data_root", None, "Data folder (default: the one recorded in the run).")
+flags.DEFINE_string("data", None, "Custom data as FORMAT:PATH, as for experiments.train (default: the run's).")
+flags.DEFINE_string("cut", None, "Global time cut for --data (YYYY-MM-DD, UTC).")
 flags.DEFINE_string("png", None, "Write the Figure-5 style picture here.")
 flags.DEFINE_bool("json", False, "Print the explanation as JSON.")
 flags.DEFINE_integer("max_steps", 20, "Steps per row in the picture; the text shows all (see --text_steps).")
@@ -30,12 +35,14 @@ flags.DEFINE_integer("text_steps", None, "Show only the most recent N steps of e
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)  # quiet orbax's restore messages
+    _output.quiet_output()  # absl / orbax INFO lines only with --verbosity
+    if FLAGS.data and not FLAGS.cut:
+        raise app.UsageError("--data needs --cut=YYYY-MM-DD (the global time cut)")
     if (FLAGS.user is None) != (FLAGS.item is None):
         raise app.UsageError("give both --user and --item (original ids), or neither (the first test pair)")
     from iarn_jax.interpret.explain import explain, load_run
 
-    result = load_run(FLAGS.workdir, data_root=FLAGS.data_root)
+    result = load_run(FLAGS.workdir, data_root=FLAGS.data_root, data=FLAGS.data, cut=FLAGS.cut)
     if FLAGS.user is None:
         test = result.data.split.test
         if not len(test):
@@ -64,4 +71,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from experiments import _cli
+
+    _cli.run_main(main)  # data / flag / run-state errors: one line, exit status 2

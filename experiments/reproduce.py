@@ -4,6 +4,7 @@ r"""Reproduce the paper's comparison (Table 2) and backbone study (Figure 3) on 
   python -m experiments.reproduce --protocol=clothing --table=2 --methods=mf,bpr,iarn \
       --iarn_max_seconds=1800 --workdir=runs/table2_clothing --results_json=runs/clothing_table2.json
   python -m experiments.reproduce --protocol=ml100k --figure=3 --workdir=runs/table2_ml100k
+  python -m experiments.reproduce --data=ml-dat:/data/ml-1m --cut=2002-01-01 --table=2 --workdir=runs/table2_mine
   python -m experiments.reproduce --protocol=clothing --figure=4 --iarn_max_seconds=600 \
       [--encoders=plain,flat:target,hier:target,hier:step]
 
@@ -30,11 +31,15 @@ import time
 
 from absl import app, flags
 
+from experiments import _output
 from iarn_jax.evaluate import comparison
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("protocol", "synthetic", ["synthetic", "clothing", "ml100k", "mlsmall"], "Named protocol.")
 flags.DEFINE_string("data_root", None, "Folder holding the datasets (default: ../shared/data).")
+flags.DEFINE_string("data", None, "Custom data as FORMAT:PATH (e.g. ml-dat:/data/ml-1m) instead of --protocol; "
+                    "needs --cut.")
+flags.DEFINE_string("cut", None, "Global time cut for --data (YYYY-MM-DD, UTC).")
 flags.DEFINE_integer("table", None, "2: the Table 2 comparison.")
 flags.DEFINE_integer("figure", None, "3: RMSE by minimum history length for RNN / LSTM / TAGM / IARN; "
                      "4: IARN-Plain vs IARN with feature encoders.")
@@ -54,10 +59,11 @@ flags.DEFINE_bool("fresh", False, "Ignore (and delete) the workdir's cached meth
 flags.DEFINE_bool("quiet", False, "Less progress output.")
 
 
-def reproduce(protocol: str, *, split=None, data_root=None, table=None, figure=None, methods=None,
+def reproduce(protocol: str, *, split=None, data_root=None, data=None, cut=None, table=None, figure=None, methods=None,
               workdir=None, results_json=None, iarn_max_seconds=None, encoders=None, max_len=None, n_eval_users=None,
               eval_seed=0, seed=0, split_seed=123, fresh=False, verbose=True) -> dict:
-    """The library entry point of the command (``split`` may be given directly, e.g. in tests).
+    """The library entry point of the command (``split`` may be given directly, e.g. in tests;
+    ``data`` = "FORMAT:PATH" with a ``cut`` date runs on custom data, as ``experiments.train``).
     Returns {"rows", "figure3", "figure4"} (each None when not requested)."""
     if table is None and figure is None:
         table = 2
@@ -67,7 +73,7 @@ def reproduce(protocol: str, *, split=None, data_root=None, table=None, figure=N
     if split is None:
         from iarn_jax.training.experiment import load_split
 
-        split = load_split(protocol, data_root, seed=split_seed)
+        split = load_split(protocol, data_root, data=data, cut=cut, seed=split_seed)
     workdir = pathlib.Path(workdir or f"runs/reproduce_{split.name}")
     if fresh and (workdir / "methods").exists():
         shutil.rmtree(workdir / "methods")
@@ -129,7 +135,10 @@ def reproduce(protocol: str, *, split=None, data_root=None, table=None, figure=N
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    reproduce(FLAGS.protocol, data_root=FLAGS.data_root, table=FLAGS.table, figure=FLAGS.figure,
+    _output.quiet_output()
+    if FLAGS.data and not FLAGS.cut:
+        raise app.UsageError("--data needs --cut=YYYY-MM-DD (the global time cut)")
+    reproduce(FLAGS.protocol, data_root=FLAGS.data_root, data=FLAGS.data, cut=FLAGS.cut, table=FLAGS.table, figure=FLAGS.figure,
               methods=FLAGS.methods, workdir=FLAGS.workdir, results_json=FLAGS.results_json,
               iarn_max_seconds=FLAGS.iarn_max_seconds, encoders=FLAGS.encoders, max_len=FLAGS.max_len, n_eval_users=FLAGS.n_eval_users,
               eval_seed=FLAGS.eval_seed, seed=FLAGS.seed, split_seed=FLAGS.split_seed, fresh=FLAGS.fresh,
@@ -137,4 +146,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from experiments import _cli
+
+    _cli.run_main(main)  # data / flag / run-state errors: one line, exit status 2

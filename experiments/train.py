@@ -19,7 +19,9 @@ import dataclasses
 
 from absl import app, flags
 
+from experiments import _cli, _output
 from iarn_jax import distributed
+from iarn_jax.data.loaders.dispatch import check_rating_scale
 from iarn_jax.models.config import VARIANTS, ModelConfig
 from iarn_jax.training.config import TrainConfig
 from iarn_jax.training.experiment import enable_compilation_cache, run_experiment
@@ -30,9 +32,17 @@ flags.DEFINE_string("data_root", None, "Folder holding the datasets (default: ..
 flags.DEFINE_string("data", None, "Custom data as FORMAT:PATH (e.g. ml-dat:/data/ml-1m); needs --cut.")
 flags.DEFINE_string("cut", None, "Global time cut for --data (YYYY-MM-DD, UTC).")
 flags.DEFINE_enum("model", "iarn", list(VARIANTS), "Model variant.")
-flags.DEFINE_enum("history", "full", ["full", "causal"], "History mode of training pairs.")
+flags.DEFINE_enum("history", None, ["full", "full_without_self", "causal"],
+                  "History mode of training pairs (default: full for --objective=rating, else full_without_self).")
+flags.DEFINE_enum("objective", None, ["rating", "ranking", "joint", "negatives_as_zero"],
+                  "Training objective (default: the protocol's; see TrainConfig.objective).")
+flags.DEFINE_bool("ranking_eval", None, "Report full-ranking AUC / NDCG@10 / HR@10 (default: for ranking objectives).")
+flags.DEFINE_list("baselines", ["bias", "mf"], "Reference models printed beside the result (bias, mf; empty: none).")
 flags.DEFINE_string("workdir", None, "Checkpoints, logs and results go here.")
 flags.DEFINE_bool("resume", False, "Continue from the workdir's latest checkpoint.")
+flags.DEFINE_bool("overwrite", False, "Replace a run already in --workdir (else such a workdir is refused).")
+flags.DEFINE_string("rating_scale", None, "LOW,HIGH rating scale of --data=csv:/parquet: tables (default: "
+                    "the first standard scale holding every rating).")
 flags.DEFINE_integer("seed", 0, "Seed of initialisation, dropout and batch order.")
 flags.DEFINE_integer("split_seed", 123, "Seed of the validation split (the reference code's 123).")
 flags.DEFINE_integer("min_len", 3, "Minimum training ratings per kept user and item.")
@@ -56,15 +66,17 @@ def parse_overrides(items: list[str]) -> tuple[dict, dict]:
             raise app.UsageError(f"bad --set {item!r}: use model.FIELD=VALUE or train.FIELD=VALUE with a known FIELD")
         try:
             value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             value = raw
-        out[scope][name] = value
+        cls = ModelConfig if scope == "model" else TrainConfig
+        out[scope][name] = _cli.coerce_field(cls, name, value, raw, f"--set={item}")  # type-checked
     return out["model"], out["train"]
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _output.quiet_output()  # absl / orbax INFO lines only with --verbosity; bars unless --nouse_tqdm
     if FLAGS.data and not FLAGS.cut:
         raise app.UsageError("--data needs --cut=YYYY-MM-DD (the global time cut)")
     model_overrides, train_overrides = parse_overrides(FLAGS.set)
@@ -80,11 +92,16 @@ def main(argv):
         cut=FLAGS.cut,
         model=FLAGS.model,
         history=FLAGS.history,
+        objective=FLAGS.objective,
+        ranking_eval=FLAGS.ranking_eval,
+        baselines=tuple(FLAGS.baselines),
         seed=FLAGS.seed,
         split_seed=FLAGS.split_seed,
         min_len=FLAGS.min_len,
         workdir=FLAGS.workdir,
         resume=FLAGS.resume,
+        overwrite=FLAGS.overwrite,
+        rating_scale=FLAGS.rating_scale and check_rating_scale(FLAGS.rating_scale),
         results_json=FLAGS.results_json,
         model_overrides=model_overrides,
         train_overrides=train_overrides,
@@ -92,4 +109,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _cli.run_main(main)

@@ -7,6 +7,8 @@ Top-level API (imported lazily so that ``import iarn_jax.data`` stays light):
   iarn_jax.load_protocol(name, data_root) -> ProtocolSplit
   iarn_jax.ModelConfig / iarn_jax.TrainConfig
   iarn_jax.explain(result, user, item) -> Explanation (prediction + gates of both histories)
+  iarn_jax.recommend(model, user, k=10, explain=False, history=None) -> DataFrame of the top-K items
+  iarn_jax.save_model(result, path) / iarn_jax.load_model(path) -> ServedModel (predict / recommend / explain)
 """
 __version__ = "0.1.0"
 
@@ -19,6 +21,10 @@ _LAZY = {
     "load_protocol": ("iarn_jax.data.protocols", "load_protocol"),
     "run_experiment": ("iarn_jax.training.experiment", "run_experiment"),
     "explain": ("iarn_jax.interpret.explain", "explain"),
+    "recommend": ("iarn_jax.serve.recommender", "recommend"),
+    "recommend_many": ("iarn_jax.serve.recommender", "recommend_many"),
+    "save_model": ("iarn_jax.serve.model_io", "save_model"),
+    "load_model": ("iarn_jax.serve.model_io", "load_model"),
 }
 
 

@@ -85,12 +85,12 @@ def _np_vanilla(x, w, bw, u, bu, act):
     return np.array(out).reshape(len(x), u.shape[0]), g
 
 
-def _np_attention(p, x):
+def _np_attention(p, x, act=_softplus):
     a = p["forward_recurrent_kernel"].shape[0]
     fwd, _ = _np_vanilla(x, p["forward_input_kernel"], p["forward_input_bias"],
-                         p["forward_recurrent_kernel"], p["forward_recurrent_bias"], _softplus)
+                         p["forward_recurrent_kernel"], p["forward_recurrent_bias"], act)
     bwd, _ = _np_vanilla(x[::-1], p["backward_input_kernel"], p["backward_input_bias"],
-                         p["backward_recurrent_kernel"], p["backward_recurrent_bias"], _softplus)
+                         p["backward_recurrent_kernel"], p["backward_recurrent_bias"], act)
     bwd = bwd[::-1]
     summary = np.concatenate([fwd[-1], bwd[0]]) if len(x) else np.zeros(2 * a)
     return np.concatenate([fwd, bwd], axis=1), summary
@@ -144,8 +144,9 @@ def numpy_forward(params, cfg, batch):
         xu = _np_side_inputs(pu, batch["user_history"][b, :lu], batch["user_history_rating"][b, :lu], cfg)
         xi = _np_side_inputs(pi, batch["item_history"][b, :li], batch["item_history_rating"][b, :li], cfg)
         if cfg.gated:
-            ctx_u, sum_u = _np_attention(pu["attention"], xu)
-            ctx_i, sum_i = _np_attention(pi["attention"], xi)
+            act = np.tanh if cfg.attention_cell == "tanh" else _softplus
+            ctx_u, sum_u = _np_attention(pu["attention"], xu, act)
+            ctx_i, sum_i = _np_attention(pi["attention"], xi, act)
             # with gate_target_embedding each tower also reads the pair's other entity through its
             # own step table: the user tower's embedding of the item, the item tower's of the user
             emb_u, emb_i = pu["step_embedding"][batch["item"][b]], pi["step_embedding"][batch["user"][b]]
@@ -161,6 +162,8 @@ def numpy_forward(params, cfg, batch):
         ru = _np_head(pu, _np_recurrent(pu["recurrent"], xu, gu, cell))
         ri = _np_head(pi, _np_recurrent(pi["recurrent"], xi, gi, cell))
         pred = ru @ ri
+        if cfg.stationary_dim:  # stationary factors: + <p_u, q_i>
+            pred += pu["stationary_factor"][batch["user"][b]] @ pi["stationary_factor"][batch["item"][b]]
         if cfg.bias != "none":
             pred += pu["entity_bias"][batch["user"][b]] + pi["entity_bias"][batch["item"][b]]
         if cfg.bias == "global_user_item":
@@ -204,13 +207,15 @@ def test_init_follows_torch_conventions():
 # ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", ["iarn", "iarn+target", "iarn+target+step", "iarn+match", "tagm", "tagm+step",
-                                     "rnn", "lstm"])
+@pytest.mark.parametrize("variant", ["iarn", "iarn+target", "iarn+target+step", "iarn+match", "iarn+tanh+stationary",
+                                     "tagm", "tagm+step", "tagm+tanh", "rnn", "lstm+stationary"])
 def test_matches_numpy_reference(variant):
     name, *options = variant.split("+")
     target = "target" in options
     cfg = make_config(name, bias="global_user_item", global_mean=3.5, gate_target_embedding=target,
-                      gate_step_input="step" in options, gate_match="match" in options)
+                      gate_step_input="step" in options, gate_match="match" in options,
+                      attention_cell="tanh" if "tanh" in options else "softplus",
+                      stationary_dim=3 if "stationary" in options else 0)
     batch = make_batch()
     model, variables = init_model(cfg, batch)
     params = jax.tree.map(np.asarray, variables["params"])
@@ -456,3 +461,30 @@ def test_flops_hand_count():
     # LSTM with rating input (d = 3): user 2*4*(3*3+9)=144 + 9; item 72 + 9; dot 3
     cfg = ModelConfig(variant="lstm", embed_dim=2, hidden_size=3, use_rating_input=True)
     assert flops_per_example(cfg, 2, 1, training=False) == 2 * (153 + 81 + 3)
+
+
+@pytest.mark.parametrize("cell", ["tanh", "softplus"])
+@pytest.mark.parametrize("options", ["paper", "target+step+match"])
+def test_long_history_with_large_inputs_stays_finite(cell, options):
+    """1,000 steps of inputs of size ~30: the bounded tanh context stays finite for every gate option;
+    the reference softplus cell is unbounded (its state grows with the history) and overflows."""
+    extra = {} if options == "paper" else dict(gate_target_embedding=True, gate_step_input=True, gate_match=True)
+    cfg = ModelConfig(variant="iarn", n_users=4, n_items=4, embed_dim=4, hidden_size=4, attention_size=4,
+                      use_rating_input=True, attention_cell=cell, gate_logit_scale=0.25, **extra)
+    T = 1000
+    batch = dict(user=np.array([1], np.int32), item=np.array([2], np.int32), rating=np.ones(1, np.float32),
+                 weight=np.ones(1, np.float32),
+                 user_history=np.full((1, T), 3, np.int32), user_history_rating=np.full((1, T), 5.0, np.float32),
+                 user_history_mask=np.ones((1, T), bool),
+                 item_history=np.full((1, T), 1, np.int32), item_history_rating=np.full((1, T), 5.0, np.float32),
+                 item_history_mask=np.ones((1, T), bool))
+    model = IARN(cfg)
+    params = jax.tree.map(np.array, model.init(jax.random.key(0), batch)["params"])
+    for tower in ("user_tower", "item_tower"):
+        params[tower]["step_embedding"] *= 30.0  # large inputs
+        for direction in ("forward", "backward"):  # a context RNN whose state can grow (radius 1.5)
+            params[tower]["attention"][f"{direction}_recurrent_kernel"] = 1.5 * np.eye(4, dtype=np.float32)
+        params[tower]["recurrent"]["recurrent_kernel"] = 0.5 * np.eye(4, dtype=np.float32)
+    pred, aux = model.apply({"params": params}, batch)
+    finite = bool(np.isfinite(np.asarray(pred)).all() and np.isfinite(np.asarray(aux["user_gates"])).all())
+    assert finite == (cell == "tanh")

@@ -380,7 +380,7 @@ def test_load_table_parquet_int_ids_datetimes_and_inferred_scale(tmp_path):
     dataset = load_table(path, {"user": "u", "item": "i", "rating": "r", "time": "t"})
     check_contract(dataset)
     assert list(dataset.user_ids) == [2, 10] and dataset.user_ids.dtype == np.int64
-    assert dataset.rating_scale == (0.5, 3.0)
+    assert dataset.rating_scale == (0.5, 5.0)  # the first standard scale holding every rating (issue 13)
     assert dataset.ratings["time"].tolist() == [parse_time("2021-05-01"), parse_time("2021-05-01") + 10,
                                                 parse_time("2021-05-02")]
 

@@ -130,24 +130,37 @@ def make_batch_plan(pairs: PairSet, batch_size: int, *, seed: int = 0, epoch: in
 
 
 def _side(histories: Histories, entity, visible_len, self_pos, T: int, max_len: Optional[int],
-          with_ratings: bool):
-    """Padded [B, T] counterpart ids / ratings / mask for one side (vectorised)."""
+          with_ratings: bool, drop_self: bool = False):
+    """Padded [B, T] counterpart ids / ratings / mask for one side (vectorised).
+
+    drop_self=False: the pair's own step (``self_pos``) stays in the history with rating 0.
+    drop_self=True: the own step is removed from the sequence (the later steps move up by one), so a
+    pair sees its entity's history *without* the interaction being predicted, as a test pair does.
+    """
+    visible_len = np.asarray(visible_len, dtype=np.int64)
+    self_pos = np.asarray(self_pos, dtype=np.int64)
+    has_self = (self_pos >= 0) & (self_pos < visible_len)
+    if drop_self:
+        visible_len = visible_len - has_self
     kept = capped_lengths(visible_len, max_len)
     if len(kept) and kept.max(initial=0) > T:
         raise ValueError(f"history length {kept.max()} does not fit the padded length {T}")
-    # keep the MOST RECENT `kept` steps of the visible prefix
-    first = histories.offsets[entity] + (visible_len - kept)
     steps = np.arange(T, dtype=np.int64)[None, :]
     mask = steps < kept[:, None]
     if not mask.any():  # also covers histories without events
         return np.zeros(mask.shape, np.int32), np.zeros(mask.shape, np.float32), mask
-    flat = np.where(mask, first[:, None] + steps, 0)
+    # keep the MOST RECENT `kept` steps of the visible prefix
+    position = (visible_len - kept)[:, None] + steps  # [B, T] position in the (self-free) prefix
+    if drop_self:
+        position = position + (has_self[:, None] & (position >= self_pos[:, None]))
+    flat = np.where(mask, histories.offsets[entity][:, None] + position, 0)
     ids = np.where(mask, histories.counterpart[flat], 0).astype(np.int32)
     if with_ratings:
         ratings = np.where(mask, histories.rating[flat], 0.0).astype(np.float32)
-        column = self_pos.astype(np.int64) - (visible_len - kept)  # own step after the cap
-        own = (self_pos >= 0) & (column >= 0) & (column < kept)
-        ratings[np.flatnonzero(own), column[own]] = 0.0
+        if not drop_self:
+            column = self_pos - (visible_len - kept)  # own step after the cap
+            own = has_self & (column >= 0) & (column < kept)
+            ratings[np.flatnonzero(own), column[own]] = 0.0
     else:
         ratings = np.zeros(mask.shape, dtype=np.float32)
     return ids, ratings, mask
@@ -156,8 +169,11 @@ def _side(histories: Histories, entity, visible_len, self_pos, T: int, max_len: 
 def materialize(entry: Union[BatchEntry, np.ndarray, Sequence[int]], pairs: PairSet,
                 user_histories: Histories, item_histories: Histories, *,
                 max_len: Optional[int] = None, with_ratings: bool = True,
-                bucket_lengths: Sequence[int] = DEFAULT_BUCKETS) -> dict:
+                bucket_lengths: Sequence[int] = DEFAULT_BUCKETS, drop_self: bool = False) -> dict:
     """The padded batch dict (BATCH_SPEC) of one plan entry or of bare pair indices.
+
+    drop_self=True removes each pair's own interaction from both histories (see :func:`_side`)
+    instead of zeroing its rating.
 
     Histories are left-aligned (valid steps first); ``max_len`` keeps the most
     recent steps; ``*_history_rating`` is 0 on padding and on the pair's own
@@ -190,8 +206,10 @@ def materialize(entry: Union[BatchEntry, np.ndarray, Sequence[int]], pairs: Pair
     if user_T is None:
         user_T = int(bucket_length(capped_lengths(user_len, max_len).max(initial=0)[None], bucket_lengths, max_len)[0])
         item_T = int(bucket_length(capped_lengths(item_len, max_len).max(initial=0)[None], bucket_lengths, max_len)[0])
-    u_ids, u_ratings, u_mask = _side(user_histories, user, user_len, user_self, user_T, max_len, with_ratings)
-    i_ids, i_ratings, i_mask = _side(item_histories, item, item_len, item_self, item_T, max_len, with_ratings)
+    u_ids, u_ratings, u_mask = _side(user_histories, user, user_len, user_self, user_T, max_len, with_ratings,
+                                     drop_self)
+    i_ids, i_ratings, i_mask = _side(item_histories, item, item_len, item_self, item_T, max_len, with_ratings,
+                                     drop_self)
     return {
         "user": user.astype(np.int32),
         "item": item.astype(np.int32),

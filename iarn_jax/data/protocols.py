@@ -48,7 +48,7 @@ def _cut_value(cut: Cut) -> int:
     if isinstance(cut, (bool, np.bool_)):
         raise DataError(f"invalid cut {cut!r}")
     if isinstance(cut, (int, np.integer)):
-        return int(cut)
+        return _in_int64(int(cut), cut)
     if isinstance(cut, (datetime.datetime, pd.Timestamp)):
         stamp = pd.Timestamp(cut)
         stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
@@ -56,13 +56,29 @@ def _cut_value(cut: Cut) -> int:
     if isinstance(cut, str):
         from iarn_jax.data.loaders import parse_time  # lazy: keeps `import protocols` light
 
-        return int(parse_time(cut))
+        try:
+            return _in_int64(int(parse_time(cut)), cut)
+        except ValueError as error:
+            raise DataError(f"--cut={cut}: {error}") from None
     raise DataError(f"invalid cut {cut!r}: give a date like 1998-03-01, or an int in the data's time units")
+
+
+_INT64 = np.iinfo(np.int64)
+
+
+def _in_int64(value: int, given) -> int:
+    if not _INT64.min <= value <= _INT64.max:
+        raise DataError(f"--cut={given}: out of range for 64-bit times; give a date like 1998-03-01 "
+                        f"or unix seconds")
+    return value
 
 
 def _describe_time(value: int, time_unit: str) -> str:
     if time_unit == "seconds":
-        stamp = datetime.datetime.fromtimestamp(int(value), tz=datetime.timezone.utc)
+        try:
+            stamp = datetime.datetime.fromtimestamp(int(value), tz=datetime.timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            return f"{int(value)} (not a date in unix seconds)"
         return f"{stamp:%Y-%m-%d %H:%M:%S} UTC ({int(value)})"
     return str(int(value))
 
@@ -104,6 +120,8 @@ def split_by_time(dataset: Dataset, cut: Cut = None, *, min_len: int = 3, val_fr
     """
     ratings = dataset.ratings
     label = name or dataset.name
+    if isinstance(min_len, bool) or not isinstance(min_len, (int, np.integer)) or min_len < 1:
+        raise ValueError(f"--min_len={min_len}: must be an integer >= 1")
     if "split" in ratings.columns and cut is None:
         split = ratings["split"].astype(str).to_numpy()
         unknown = sorted(set(np.unique(split)) - {"train", "test"})
@@ -199,11 +217,16 @@ def load_protocol(name: str, data_root=None, *, seed: int = 123, min_len: int = 
 
 
 def custom_protocol(fmt: str, path, cut: Cut, *, seed: int = 123, min_len: int = 3,
-                    val_mode: str = "random", name: Optional[str] = None) -> ProtocolSplit:
-    """Any loader format + a cut (None when the data carries its own split)."""
+                    val_mode: str = "random", name: Optional[str] = None,
+                    rating_scale: Optional[tuple[float, float]] = None) -> ProtocolSplit:
+    """Any loader format + a cut (None when the data carries its own split).
+
+    rating_scale: (low, high) of a generic csv / parquet table (see load_by_format)."""
     from iarn_jax.data.loaders import load_by_format
 
-    dataset = load_by_format(fmt, path)
+    if isinstance(min_len, bool) or not isinstance(min_len, (int, np.integer)) or min_len < 1:
+        raise ValueError(f"--min_len={min_len}: must be an integer >= 1")  # before the data is read
+    dataset = load_by_format(fmt, path, rating_scale=rating_scale)
     return split_by_time(dataset, cut, min_len=min_len, val_mode=val_mode, seed=seed,
                          name=name or f"{fmt}:{path}")
 

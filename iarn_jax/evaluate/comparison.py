@@ -31,6 +31,7 @@ import numpy as np
 
 from iarn_jax.data.types import ProtocolSplit
 from iarn_jax.evaluate import ranking
+from iarn_jax.progress import Progress
 
 ROW_KEYS = ("method", "rmse", "mae", "auc", "ndcg10", "hr10", "seconds")
 # column -> (header, higher is better); "seconds" is not marked
@@ -59,12 +60,14 @@ class Method:
       "iarn" (a variant trained by ``training.loop.train``).
     factory: () -> unfitted baseline (baselines only).
     variant: the ModelConfig variant (IARN family only).
+    objective: the TrainConfig objective of an IARN-family row (None: the protocol's default, "rating").
     """
 
     name: str
     kind: str
     factory: Optional[Callable[[], Any]] = None
     variant: Optional[str] = None
+    objective: Optional[str] = None
 
 
 def _baseline(name: str, module: str, attr: str, **kwargs) -> Method:
@@ -83,11 +86,18 @@ METHODS: dict[str, Method] = {
     "hievh": _baseline("HieVH", "hievh", "HieVH"),
     "item2vec": _baseline("Item2Vec", "item2vec", "Item2Vec"),
     "ncf": _baseline("NCF", "ncf", "NCF"),
+    "sasrec": _baseline("SASRec", "sasrec", "SASRec"),
     "mp2vec": _baseline("MP2Vec", "item2vec", "MP2Vec"),
     "rnn": Method(name="RNN", kind="iarn", variant="rnn"),
     "lstm": Method(name="LSTM", kind="iarn", variant="lstm"),
     "tagm": Method(name="TAGM", kind="iarn", variant="tagm"),
     "iarn": Method(name="IARN", kind="iarn", variant="iarn"),
+    # the recurrent variants trained for ranking (sampled negatives, BPR) and IARN trained jointly
+    "rnn_rank": Method(name="RNN (ranking)", kind="iarn", variant="rnn", objective="ranking"),
+    "lstm_rank": Method(name="LSTM (ranking)", kind="iarn", variant="lstm", objective="ranking"),
+    "tagm_rank": Method(name="TAGM (ranking)", kind="iarn", variant="tagm", objective="ranking"),
+    "iarn_rank": Method(name="IARN (ranking)", kind="iarn", variant="iarn", objective="ranking"),
+    "iarn_joint": Method(name="IARN (joint)", kind="iarn", variant="iarn", objective="joint"),
     # extra references (not in the paper's table)
     "bias": _baseline("BiasOnly", "bias", "BiasBaseline"),
     "mostpop": _baseline("MostPop", "bpr", "MostPop"),
@@ -140,13 +150,19 @@ def _nan_to_none(value):
 
 
 def _iarn_settings(split: ProtocolSplit, variant: str, seed: int, max_seconds: Optional[float],
-                   max_len: Optional[int], model_overrides: Optional[dict], train_overrides: Optional[dict]):
+                   max_len: Optional[int], model_overrides: Optional[dict], train_overrides: Optional[dict],
+                   objective: Optional[str] = None):
     from iarn_jax.models.config import ModelConfig
     from iarn_jax.training.config import TrainConfig
-    from iarn_jax.training.experiment import PROTOCOL_MODEL_DEFAULTS, PROTOCOL_TRAIN_DEFAULTS
+    from iarn_jax.training.experiment import protocol_defaults
 
-    model_kwargs = {**PROTOCOL_MODEL_DEFAULTS.get(split.name, {}), "variant": variant, **(model_overrides or {})}
-    train_kwargs = {**PROTOCOL_TRAIN_DEFAULTS.get(split.name, {}), "seed": seed, **(train_overrides or {})}
+    model_defaults, train_defaults = protocol_defaults(split, verbose=False)
+    model_kwargs = {**model_defaults, "variant": variant, **(model_overrides or {})}
+    train_kwargs = {**train_defaults, "seed": seed, **(train_overrides or {})}
+    if objective is not None:
+        train_kwargs["objective"] = objective
+        if objective != "rating" and train_kwargs.get("history_mode", "full") == "full":
+            train_kwargs["history_mode"] = "full_without_self"
     if max_seconds is not None:
         train_kwargs["max_seconds"] = float(max_seconds)
     if max_len is not None:
@@ -156,12 +172,12 @@ def _iarn_settings(split: ProtocolSplit, variant: str, seed: int, max_seconds: O
 
 def _train_iarn(split: ProtocolSplit, variant: str, run_dir: Optional[pathlib.Path], *, seed: int,
                 max_seconds: Optional[float], max_len: Optional[int], model_overrides: Optional[dict],
-                train_overrides: Optional[dict], verbose: bool):
+                train_overrides: Optional[dict], verbose: bool, objective: Optional[str] = None):
     """Trains one IARN-family model with the protocol's defaults (resuming in ``run_dir``)."""
     from iarn_jax.training.loop import train
 
     model_config, train_config = _iarn_settings(split, variant, seed, max_seconds, max_len, model_overrides,
-                                                train_overrides)
+                                                train_overrides, objective)
     return train(split, model_config, train_config, workdir=run_dir, resume=run_dir is not None, verbose=verbose)
 
 
@@ -192,7 +208,7 @@ def run_method(
         run_dir = workdir / "iarn_runs" / key if workdir is not None else None
         result = _train_iarn(split, method.variant, run_dir, seed=seed, max_seconds=iarn_max_seconds,
                              max_len=max_len, model_overrides=model_overrides, train_overrides=train_overrides,
-                             verbose=verbose)
+                             verbose=verbose, objective=method.objective)
         fit_seconds = time.perf_counter() - start
         test_pred = predict(result, test)  # in split.test order
         rating = ranking.evaluate_rating(lambda u, i: test_pred, test, split.rating_scale)
@@ -204,7 +220,7 @@ def run_method(
                     train_metrics={k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str))},
                     scorer_encode_seconds=scorer.encode_seconds,
                     scorer_compiled_shapes=scorer.n_compiled_shapes)
-        rates = True
+        rates = method.objective in (None, "rating", "joint")  # a ranking-trained model predicts no ratings
     else:
         model = method.factory()
         model.fit(split, seed=seed, verbose=verbose)
@@ -311,25 +327,29 @@ def run_comparison(
         "users_sha": hashlib.sha256(users.tobytes()).hexdigest()[:16], "n_users": int(users.size),
     }
     outputs: dict[str, MethodOutput] = {}
-    for key in methods:
+    bar = Progress(len(methods), label="reproduce", unit="methods", enabled=verbose, every_s=0.0)
+    for done, key in enumerate(methods, start=1):
         fingerprint = dict(base_fingerprint)
         if METHODS[key].kind == "iarn":
             fingerprint.update(iarn_max_seconds=iarn_max_seconds, max_len=max_len)
         cached = load_cached(workdir, key, fingerprint)
         if cached is not None:
             if verbose:
-                print(f"[reproduce] {METHODS[key].name}: cached ({workdir / 'methods' / (key + '.json')})", flush=True)
+                bar.write(f"[reproduce] {METHODS[key].name}: cached ({workdir / 'methods' / (key + '.json')})")
             outputs[key] = cached
+            bar.update(done)
             continue
         if verbose:
-            print(f"[reproduce] {METHODS[key].name}: fitting on {split.name}", flush=True)
+            bar.write(f"[reproduce] {METHODS[key].name}: fitting on {split.name}")
         output = run_method(key, split, users, seed=seed, workdir=workdir, iarn_max_seconds=iarn_max_seconds,
                             max_len=max_len, verbose=verbose, **run_kwargs)
         if verbose:
-            print(f"[reproduce] {METHODS[key].name}: {format_row(output.row)}", flush=True)
+            bar.write(f"[reproduce] {METHODS[key].name}: {format_row(output.row)}")
         if workdir is not None:
             save_cached(workdir, key, fingerprint, output)
         outputs[key] = output
+        bar.update(done)
+    bar.close()
     rows = [outputs[k].row for k in methods]
     record = {**base_fingerprint, "eval_seed": eval_seed, "users": users.tolist(),
               "methods": {k: {"row": outputs[k].row, "info": outputs[k].info} for k in methods}}

@@ -40,6 +40,7 @@ import pandas as pd
 
 from iarn_jax.data.types import ProtocolSplit
 from iarn_jax.evaluate import metrics
+from iarn_jax.progress import Progress
 
 ScoreFn = Callable[[int, np.ndarray], np.ndarray]
 ScoreMatrixFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -145,18 +146,6 @@ def sample_eval_users(split: ProtocolSplit, n_users: Optional[int] = None, seed:
     return np.sort(rng.choice(eligible, size=n_users, replace=False))
 
 
-class _Progress:
-    def __init__(self, total: int, enabled: bool, label: str, every_s: float = 10.0):
-        self.total, self.enabled, self.label, self.every_s = total, enabled, label, every_s
-        self.start = self.last = time.perf_counter()
-
-    def update(self, done: int):
-        now = time.perf_counter()
-        if self.enabled and (now - self.last >= self.every_s or done == self.total):
-            self.last = now
-            print(f"[{self.label}] {done}/{self.total} users, {now - self.start:.1f}s", flush=True)
-
-
 def evaluate_task(
     task: RankingTask,
     score_fn: Optional[ScoreFn] = None,
@@ -184,7 +173,7 @@ def evaluate_task(
     evaluated_users: list[int] = []
     n_pairs = 0
     index = np.flatnonzero([p.size > 0 for p in task.positives])
-    progress_bar = _Progress(index.size, progress, label)
+    progress_bar = Progress(index.size, label=label, unit="users", enabled=progress)
     n_universe = max(task.universe.size, 1)
     chunk = max(1, chunk_elements // n_universe) if score_matrix_fn is not None else 1
 
@@ -212,6 +201,7 @@ def evaluate_task(
             evaluated_users.append(int(task.users[i]))
             n_pairs += int(mask.sum())
         progress_bar.update(min(chunk_start + chunk, index.size))
+    progress_bar.close()
 
     seconds = time.perf_counter() - start
     result = {name: metrics.nanmean(per_user[name]) for name in names}

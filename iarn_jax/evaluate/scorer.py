@@ -35,6 +35,7 @@ Typical use::
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from typing import Any, Optional, Sequence
@@ -162,6 +163,13 @@ class RankingScorer:
         kwargs.setdefault("bucket_lengths", result.train_config.bucket_lengths)
         return cls(result.model, result.params, data.user_histories, data.item_histories, items, **kwargs)
 
+    def with_user_histories(self, user_histories: Histories) -> "RankingScorer":
+        """The same scorer (shared item cache and compiled calls) reading users' steps from
+        ``user_histories`` (e.g. a history given at request time; ``iarn_jax.serve.new_users``)."""
+        view = copy.copy(self)
+        view.user_histories = user_histories
+        return view
+
     # -- jitted pieces -----------------------------------------------------------------------------
     def _encode_fn(self, side: str):
         method = IARN.encode_user if side == "user" else IARN.encode_item
@@ -178,7 +186,7 @@ class RankingScorer:
 
         def represent(module, encoding):
             tower = module.user_tower if side == "user" else module.item_tower
-            return tower.represent(encoding.final_state), tower.bias(encoding.entity)
+            return tower.represent(encoding.final_state, encoding.entity), tower.bias(encoding.entity)
 
         def fn(params, entity, ids, ratings, mask):
             encoding = self._encode_fn(side)(params, entity, ids, ratings, mask)
@@ -219,9 +227,9 @@ class RankingScorer:
             yield rows.size, (padded.astype(np.int32), ids, ratings, mask)
 
     def _representations(self, side: str, entities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(head outputs [n, h], biases [n]) of non-interacting variants, in ``entities`` order."""
+        """(representations [n, h (+ S)], biases [n]) of non-interacting variants, in ``entities`` order."""
         entities = np.asarray(entities, dtype=np.int64)
-        h = self.config.hidden_size
+        h = self.config.hidden_size + self.config.stationary_dim
         reprs = np.zeros((entities.size, h), np.float32)
         bias = np.zeros(entities.size, np.float32)
         T_all = self._padded_length(side, entities)
@@ -266,7 +274,7 @@ class RankingScorer:
     def score_all(self, user: int) -> np.ndarray:
         """Scores [len(items)] of ``user`` against every cached item, in ``items`` order."""
         if self.fast:
-            return self.score_matrix(np.asarray([user]))[0]
+            return self.score_matrix(np.asarray([user]), self.items)[0]
         user_encoding = self.encode_user(int(user))
         user_T = int(user_encoding.mask.shape[1])
         outputs = []

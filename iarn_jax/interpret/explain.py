@@ -209,11 +209,13 @@ def explain(source, user, item, *, params: Any = None, data: Any = None, origina
     )
 
 
-def load_run(workdir: Union[str, pathlib.Path], *, data_root: Optional[str] = None):
+def load_run(workdir: Union[str, pathlib.Path], *, data_root: Optional[str] = None,
+             data: Optional[str] = None, cut: Optional[str] = None):
     """A TrainResult rebuilt from a finished ``experiments.train`` work directory: the split from
     ``run.json`` (or, for runs trained through the library, e.g. ``experiments.reproduce``'s
     ``iarn_runs/NAME``, from the protocol recorded in ``config.json``), the configs from
-    ``config.json``, the best parameters from ``checkpoints/best``."""
+    ``config.json``, the best parameters from ``checkpoints/best``. ``data`` ("FORMAT:PATH") and
+    ``cut`` override the data recorded in the run (e.g. when the data set has moved)."""
     from iarn_jax.models.config import ModelConfig
     from iarn_jax.training import checkpoint
     from iarn_jax.training.config import TrainConfig
@@ -229,6 +231,8 @@ def load_run(workdir: Union[str, pathlib.Path], *, data_root: Optional[str] = No
     run_path = workdir / "run.json"
     if run_path.exists():
         run = json.loads(run_path.read_text())
+    elif data:
+        run = {k: config[k] for k in ("min_len", "split_seed") if k in config}
     elif config.get("protocol") in ("synthetic", "clothing", "ml100k", "mlsmall"):
         run = {k: config[k] for k in ("protocol", "min_len", "split_seed") if k in config}
     else:
@@ -242,7 +246,7 @@ def load_run(workdir: Union[str, pathlib.Path], *, data_root: Optional[str] = No
     model_config = ModelConfig(**{k: v for k, v in config["model"].items() if k in model_fields})
     train_config = TrainConfig(**train_dict)
     split = load_split(run.get("protocol", config.get("protocol")), data_root or run.get("data_root"),
-                       data=run.get("data"), cut=run.get("cut"), min_len=run.get("min_len", 3),
+                       data=data or run.get("data"), cut=cut or run.get("cut"), min_len=run.get("min_len", 3),
                        seed=run.get("split_seed", 123))
     if (split.n_users, split.n_items) != (model_config.n_users, model_config.n_items):
         raise ValueError(f"{workdir}: the data loaded from run.json has {split.n_users} users / {split.n_items} "

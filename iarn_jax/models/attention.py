@@ -4,7 +4,8 @@ Shapes: ``b`` batch, ``t`` time, ``d`` step-input size, ``A`` attention size per
 ``K`` width of the gate's fusion layer (4A for IARN, 2A for TAGM).
 
 Context bi-RNN (reference notes 2.2): two vanilla RNNs with separate weights,
-``g_t = softplus_beta(W x_t + b_W + U g_{t±1} + b_U)``, beta = 5, initial state 0, masked so padded
+``g_t = softplus_beta(W x_t + b_W + U g_{t±1} + b_U)``, beta = 5 (option ``cell="tanh"``: a bounded
+tanh instead, so the state stays in [-1, 1] on any history), initial state 0, masked so padded
 steps never change the state. Each direction's outputs are dropped out (the recurrence uses the
 state before dropout). Context ``s_t = [fwd_t ; bwd_t]`` [b, t, 2A]; summary
 ``S = [fwd_{T} ; bwd_1]`` [b, 2A], taken from the dropped-out outputs (same dropout mask as those
@@ -89,6 +90,7 @@ class AttentionBiRNN(nn.Module):
     torch_init: bool = True
     compute_dtype: str = "float32"
     unroll: Optional[int] = None  # lax.scan unroll of the bi-RNN scan (None: recurrence.SCAN_UNROLL)
+    cell: str = "softplus"  # "softplus" (reference, unbounded) or "tanh" (bounded in [-1, 1])
 
     def setup(self):
         d, a = self.input_dim, self.attention_size
@@ -108,7 +110,12 @@ class AttentionBiRNN(nn.Module):
     ) -> tuple[jax.Array, jax.Array]:
         """x [b, t, d], mask [b, t] -> (context [b, t, 2A], summary [b, 2A])."""
         dtype = resolve_dtype(self.compute_dtype)
-        activation = lambda z: softplus_beta(z, self.softplus_beta)  # noqa: E731
+        if self.cell == "tanh":
+            activation = jnp.tanh
+        elif self.cell == "softplus":
+            activation = lambda z: softplus_beta(z, self.softplus_beta)  # noqa: E731
+        else:
+            raise ValueError(f"unknown attention cell {self.cell!r}")
         a = self.attention_size
         (wf, bf, uf, rbf), (wb, bb, ub, rbb) = (self.direction_params[d] for d in ("forward", "backward"))
         # Input projections hoisted out of the scan, time-major; the backward direction's inputs are

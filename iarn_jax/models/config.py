@@ -5,6 +5,7 @@ import dataclasses
 from typing import Optional
 
 VARIANTS = ("iarn", "tagm", "lstm", "rnn")
+ATTENTION_CELLS = ("softplus", "tanh")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +37,13 @@ class ModelConfig:
       x_t (``M0 x_t``), next to its bi-RNN context s_t.
     gate_match: IARN only, not in the paper: a bilinear match x_t^T B e_target of each step's
       embedding with the target's embedding (this tower's table) is added to the gate logit.
+    attention_cell: activation of the attention context bi-RNN: "softplus" (the reference:
+      softplus(beta), unbounded, so its state can overflow float32 on long histories) or "tanh"
+      (bounded in [-1, 1]: finite for any history length and input scale).
+    stationary_dim: S > 0 adds stationary factors (Recurrent Recommender Networks, Wu et al. 2017):
+      a per-user p_u and per-item q_i [S] whose inner product is added to the prediction,
+      ``mu + b_u + b_i + <p_u, q_i> + <u~, v~>``; 0 (the paper) = none. Implemented as the
+      concatenation ``[u~ ; p_u] . [v~ ; q_i]`` of the towers' representations.
     """
 
     variant: str = "iarn"
@@ -58,6 +66,8 @@ class ModelConfig:
     gate_target_embedding: bool = False
     gate_step_input: bool = False
     gate_match: bool = False
+    attention_cell: str = "softplus"
+    stationary_dim: int = 0
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -70,6 +80,10 @@ class ModelConfig:
             raise ValueError("gate_match needs the interacting gate (variant 'iarn')")
         if self.gate_step_input and self.variant not in ("iarn", "tagm"):
             raise ValueError("gate_step_input needs a gated variant ('iarn' or 'tagm')")
+        if self.attention_cell not in ATTENTION_CELLS:
+            raise ValueError(f"unknown attention_cell {self.attention_cell!r}; choose one of {ATTENTION_CELLS}")
+        if self.stationary_dim < 0:
+            raise ValueError(f"stationary_dim must be >= 0, got {self.stationary_dim}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 

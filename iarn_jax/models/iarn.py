@@ -132,7 +132,7 @@ class Tower(nn.Module):
             self.attention = AttentionBiRNN(
                 input_dim=self.input_dim, attention_size=cfg.attention_size,
                 softplus_beta=cfg.softplus_beta, dropout=cfg.dropout, torch_init=cfg.torch_init,
-                compute_dtype=cfg.compute_dtype,
+                compute_dtype=cfg.compute_dtype, cell=cfg.attention_cell,
             )
             self.gate = AttentionGate(
                 context_dim=2 * cfg.attention_size, interacting=cfg.interacting,
@@ -153,6 +153,9 @@ class Tower(nn.Module):
         self.prelu_slope = self.param("prelu_slope", nn.initializers.constant(0.25), ())
         if cfg.bias != "none":
             self.entity_bias = self.param("entity_bias", nn.initializers.zeros_init(), (n_entities,))
+        if cfg.stationary_dim:
+            self.stationary_factor = self.param(
+                "stationary_factor", nn.initializers.normal(0.01), (n_entities, cfg.stationary_dim))
         self.state_dropout = nn.Dropout(cfg.dropout)
 
     # -- step inputs -------------------------------------------------------------------------------
@@ -244,11 +247,20 @@ class Tower(nn.Module):
         final_state = self.recurrent.run(_broadcast_leading(encoding.input_proj, m), None, gates)
         return final_state, gates
 
-    def represent(self, final_state: jax.Array, *, deterministic: bool = True) -> jax.Array:
-        """dropout(h_T) -> PReLU(W h + b) [m, h]."""
+    def represent(self, final_state: jax.Array, entity: Optional[jax.Array] = None, *,
+                  deterministic: bool = True) -> jax.Array:
+        """dropout(h_T) -> PReLU(W h + b) [m, h]; with stationary factors, [PReLU(...) ; p_entity]
+        [m, h + S] (so the inner product of two representations adds <p_u, q_i>; ``entity`` [m])."""
         h = self.state_dropout(final_state, deterministic=deterministic)
         z = matmul(h, self.head_kernel, resolve_dtype(self.config.compute_dtype)) + self.head_bias
-        return jnp.where(z >= 0, z, self.prelu_slope * z)
+        representation = jnp.where(z >= 0, z, self.prelu_slope * z)
+        if self.config.stationary_dim:
+            if entity is None:
+                raise ValueError("a model with stationary factors needs the entity ids to represent")
+            factor = jnp.take(self.stationary_factor, entity, axis=0)
+            factor = jnp.broadcast_to(factor, representation.shape[:-1] + factor.shape[-1:])
+            representation = jnp.concatenate([representation, factor.astype(representation.dtype)], axis=-1)
+        return representation
 
     def bias(self, entity: jax.Array) -> jax.Array:
         """Per-entity scalar bias [n] (zeros when the config has no biases)."""
@@ -310,8 +322,8 @@ class IARN(nn.Module):
         item_representation [m, h] (the head outputs), bias [m] (bias terms incl. global mean)."""
         user_state, user_gates = self.user_tower.pair_state(user_encoding, item_encoding)
         item_state, item_gates = self.item_tower.pair_state(item_encoding, user_encoding)
-        user_repr = self.user_tower.represent(user_state, deterministic=deterministic)
-        item_repr = self.item_tower.represent(item_state, deterministic=deterministic)
+        user_repr = self.user_tower.represent(user_state, user_encoding.entity, deterministic=deterministic)
+        item_repr = self.item_tower.represent(item_state, item_encoding.entity, deterministic=deterministic)
         bias = self.user_tower.bias(user_encoding.entity) + self.item_tower.bias(item_encoding.entity)
         if self.config.bias == "global_user_item":
             bias = bias + self.config.global_mean
@@ -321,12 +333,41 @@ class IARN(nn.Module):
             "user_gates": _broadcast_leading(user_gates, m),
             "item_gates": _broadcast_leading(item_gates, m),
             "user_representation": _broadcast_leading(user_repr, m),
-            "item_representation": _broadcast_leading(item_repr, m),
+            "item_representation": _broadcast_leading(item_repr, m),  # [m, h (+ S)]
             "bias": _broadcast_leading(jnp.asarray(bias, prediction.dtype), m),
         }
         self.sow("intermediates", "user_gates", aux["user_gates"])
         self.sow("intermediates", "item_gates", aux["item_gates"])
         return prediction, aux
+
+    def score_with_negatives(self, batch: dict, *, deterministic: bool = True) -> tuple[jax.Array, jax.Array, dict]:
+        """(positive predictions [b], negative predictions [b, k], aux of the positives).
+
+        ``batch`` is a training batch plus the k sampled negative items of every positive
+        (``NEGATIVE_SPEC`` of ``iarn_jax.data.negatives``: ``neg_item`` [b*k] and its padded history
+        ``neg_item_history*`` [b*k, Tn], row-major: rows j*k..j*k+k-1 belong to positive j). The user
+        side (embeddings, context bi-RNN, summary) is encoded once per positive and shared by its k
+        negatives; only the interacting gates, the gated scan, the head and the product run per
+        pair.
+        """
+        user_encoding = self.encode_user(
+            batch["user"], batch["user_history"], batch["user_history_rating"],
+            batch["user_history_mask"], deterministic=deterministic,
+        )
+        item_encoding = self.encode_item(
+            batch["item"], batch["item_history"], batch["item_history_rating"],
+            batch["item_history_mask"], deterministic=deterministic,
+        )
+        negative_encoding = self.encode_item(
+            batch["neg_item"], batch["neg_item_history"], batch["neg_item_history_rating"],
+            batch["neg_item_history_mask"], deterministic=deterministic,
+        )
+        b = batch["user"].shape[0]
+        k = batch["neg_item"].shape[0] // b
+        positive, aux = self.pair(user_encoding, item_encoding, deterministic=deterministic)
+        repeated = jax.tree_util.tree_map(lambda x: jnp.repeat(x, k, axis=0), user_encoding)
+        negative, _ = self.pair(repeated, negative_encoding, deterministic=deterministic)
+        return positive, negative.reshape(b, k), aux
 
     def __call__(self, batch: dict, *, deterministic: bool = True) -> tuple[jax.Array, dict]:
         """batch: a dict following ``iarn_jax.data.types.BATCH_SPEC`` -> (prediction [b], aux)."""

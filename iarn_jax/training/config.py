@@ -5,6 +5,11 @@ import dataclasses
 from typing import Optional
 
 
+HISTORY_MODES = ("full", "full_without_self", "causal")
+OBJECTIVES = ("rating", "ranking", "joint", "negatives_as_zero")
+RANKING_LOSSES = ("bpr", "bce", "softmax")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters of the training loop.
@@ -16,13 +21,34 @@ class TrainConfig:
     when lr < 1e-5.
 
     history_mode: "full" (every pair sees the entity's whole training history,
-      the reference code) or "causal" (a training pair sees only earlier steps).
+      the reference code; the pair's own step stays in it with rating 0),
+      "full_without_self" (the whole history minus the pair's own interaction, as a
+      test pair sees it) or "causal" (a training pair sees only earlier steps).
     max_len: keep only the most recent max_len steps of each history (None = all).
     eval_every: steps between validation evaluations (0 = once per epoch).
     bias_init: with a model that has bias terms, "baseline" starts the per-user
       and per-item biases at the regularised bias-only (BaselineOnly ALS) solution
       fitted on the training pairs, so the recurrent towers learn the residual;
       "zeros" starts them at 0.
+    objective: "rating" (MSE on observed ratings), "ranking" (implicit feedback: every
+      training pair is a positive, ``n_negatives`` sampled negatives per positive,
+      ``ranking_loss``), "joint" (MSE + ``joint_weight`` * ranking loss) or
+      "negatives_as_zero" (the reference code's ``-if_negative 1``: sampled negatives
+      labelled 0 inside the MSE).
+    ranking_loss: "bpr" (mean over negatives of -log sigmoid(s_pos - s_neg)), "bce"
+      (-log sigmoid(s_pos - mu) - sum log sigmoid(mu - s_neg), mu = the model's global mean)
+      or "softmax" (sampled softmax: -log softmax([s_pos, s_neg...])[0]).
+    negative_distribution / negative_alpha: "uniform", or "popularity" with
+      P(item) ~ count ** alpha.
+    val_metric: "auto" (rating objective: val RMSE; ranking / joint /
+      negatives_as_zero: sampled validation AUC), "rmse" or "auc". The sampled
+      validation AUC ranks each validation positive against ``val_negatives`` items
+      the user never interacted with (drawn once, seed-fixed); ties count half.
+    factor_l2: L2 weight on the stationary factors p_u, q_i of the pairs in a batch.
+    factor_init: rating / joint objectives with stationary factors: "mf" (start at the
+      project's tuned MF baseline: its biases and factors, with the item tower's head at 0 so the
+      first prediction is MF's), "als" (factors from an ALS factorisation of the residuals after
+      the BaselineOnly biases) or "random".
     """
 
     batch_size: int = 64
@@ -47,13 +73,56 @@ class TrainConfig:
     checkpoint_every_eval: bool = True
     prefetch: int = 2
     bias_init: str = "baseline"
+    objective: str = "rating"
+    n_negatives: int = 4
+    ranking_loss: str = "bpr"
+    negative_distribution: str = "uniform"
+    negative_alpha: float = 0.75
+    joint_weight: float = 0.1
+    val_metric: str = "auto"
+    val_negatives: int = 20
+    factor_l2: float = 0.0
+    factor_init: str = "mf"
 
     def __post_init__(self):
-        if self.history_mode not in ("full", "causal"):
-            raise ValueError(f"history_mode must be 'full' or 'causal', got {self.history_mode!r}")
+        if self.history_mode not in HISTORY_MODES:
+            raise ValueError(f"history_mode must be one of {HISTORY_MODES}, got {self.history_mode!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.ranking_loss not in RANKING_LOSSES:
+            raise ValueError(f"ranking_loss must be one of {RANKING_LOSSES}, got {self.ranking_loss!r}")
+        if self.negative_distribution not in ("uniform", "popularity"):
+            raise ValueError(f"negative_distribution must be 'uniform' or 'popularity', "
+                             f"got {self.negative_distribution!r}")
+        if self.val_metric not in ("auto", "rmse", "auc"):
+            raise ValueError(f"val_metric must be 'auto', 'rmse' or 'auc', got {self.val_metric!r}")
+        if self.objective != "rating" and self.history_mode == "full":
+            raise ValueError(
+                f"objective {self.objective!r} with history_mode='full' would leave each positive's item in its "
+                "user's history (and no negative's), a shortcut the model learns instead of preferences: "
+                "use history_mode='full_without_self' (or 'causal')")
+        if self.objective != "rating" and self.n_negatives < 1:
+            raise ValueError(f"objective {self.objective!r} needs n_negatives >= 1, got {self.n_negatives}")
+        if self.val_negatives < 1:
+            raise ValueError(f"val_negatives must be >= 1, got {self.val_negatives}")
+        if self.factor_init not in ("mf", "als", "random"):
+            raise ValueError(f"factor_init must be 'mf', 'als' or 'random', got {self.factor_init!r}")
+        if self.factor_l2 < 0 or self.joint_weight < 0:
+            raise ValueError("factor_l2 and joint_weight must be >= 0")
         if self.batch_size <= 0 or self.eval_batch_size <= 0:
             raise ValueError("batch sizes must be positive")
         if self.bias_init not in ("baseline", "zeros"):
             raise ValueError(f"bias_init must be 'baseline' or 'zeros', got {self.bias_init!r}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+
+    @property
+    def uses_negatives(self) -> bool:
+        return self.objective != "rating"
+
+    @property
+    def selection_metric(self) -> str:
+        """The validation metric of early stopping and lr decay: "rmse" or "auc"."""
+        if self.val_metric != "auto":
+            return self.val_metric
+        return "rmse" if self.objective == "rating" else "auc"

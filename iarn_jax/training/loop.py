@@ -22,13 +22,17 @@ import numpy as np
 import pandas as pd
 
 from iarn_jax.data import batching, histories
+from iarn_jax.data.negatives import NegativeSampler, materialize_negatives, negative_rng
 from iarn_jax.data.types import ProtocolSplit
 from iarn_jax.models.config import ModelConfig
 from iarn_jax.models.iarn import IARN
-from iarn_jax.training import checkpoint
+from iarn_jax.progress import Progress, bars_enabled, format_seconds
+from iarn_jax.training import checkpoint, run_records
 from iarn_jax.training.config import TrainConfig
 from iarn_jax.training.optimizer import get_learning_rate, make_optimizer, set_learning_rate
-from iarn_jax.training.step import create_train_state, make_eval_step, make_mesh, make_train_step, put_batch
+from iarn_jax.training.objectives import objective_loss, sampled_auc
+from iarn_jax.training.step import (create_train_state, make_eval_step, make_gate_stats_step, make_mesh,
+                                    make_negative_eval_step, make_train_step, put_batch)
 
 
 @dataclasses.dataclass
@@ -77,12 +81,14 @@ def prepare_data(split: ProtocolSplit, history_mode: str = "full") -> PreparedDa
     history.
     """
     uh, ih = histories.build_histories(split.history, split.n_users, split.n_items)
+    # "full_without_self" pairs record their own step like "full"; the batcher then drops it
+    pair_mode = "full" if history_mode == "full_without_self" else history_mode
     return PreparedData(
         split=split,
         user_histories=uh,
         item_histories=ih,
-        train=histories.make_pairs(split.train, uh, ih, mode=history_mode),
-        val=histories.make_pairs(split.val, uh, ih, mode=history_mode),
+        train=histories.make_pairs(split.train, uh, ih, mode=pair_mode),
+        val=histories.make_pairs(split.val, uh, ih, mode=pair_mode),
         test=histories.make_pairs(split.test, uh, ih, mode="full"),
         history_mode=history_mode,
     )
@@ -161,9 +167,8 @@ def _local_rows(batch: dict) -> dict:
     count, index = jax.process_count(), jax.process_index()
     if count == 1:
         return batch
-    rows = next(iter(batch.values())).shape[0]
-    per = rows // count
-    return {k: v[index * per : (index + 1) * per] for k, v in batch.items()}
+    # per array: the negatives' arrays have k rows per positive, contiguous, so they split the same way
+    return {k: v[index * (len(v) // count) : (index + 1) * (len(v) // count)] for k, v in batch.items()}
 
 
 def predict_pairs(
@@ -183,7 +188,8 @@ def predict_pairs(
     )
     for entry in plan:
         batch = batching.materialize(
-            entry, pairs, data.user_histories, data.item_histories, max_len=config.max_len
+            entry, pairs, data.user_histories, data.item_histories, max_len=config.max_len,
+            drop_self=config.history_mode == "full_without_self",
         )
         pred = np.asarray(jax.device_get(eval_step(params, put_batch(_local_rows(batch), mesh))))
         idx = np.asarray(entry.indices)
@@ -199,19 +205,224 @@ def rating_metrics(pred: np.ndarray, target: np.ndarray, rating_scale) -> dict:
     return {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err)))}
 
 
+def factor_penalty(params: Any, batch: dict) -> jax.Array:
+    """Weighted mean over the batch's positives of ||p_u||^2 + ||q_i||^2 (+ the mean ||q_j||^2 of its
+    sampled negatives): the per-example L2 of SGD matrix factorisation."""
+    jnp = jax.numpy
+    p = jnp.take(params["user_tower"]["stationary_factor"], batch["user"], axis=0)
+    q = jnp.take(params["item_tower"]["stationary_factor"], batch["item"], axis=0)
+    per = jnp.sum(p**2, -1) + jnp.sum(q**2, -1)
+    if "neg_item" in batch:
+        b = batch["user"].shape[0]
+        qn = jnp.take(params["item_tower"]["stationary_factor"], batch["neg_item"], axis=0)
+        per = per + jnp.mean(jnp.sum(qn**2, -1).reshape(b, -1), axis=1)
+    weight = batch["weight"]
+    return jnp.sum(weight * per) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def make_loss_fn(model: IARN, model_config: ModelConfig, cfg: TrainConfig) -> Callable:
+    """loss(params, batch, dropout_rng) of ``cfg.objective`` (+ the stationary factors' L2)."""
+    offset = model_config.global_mean if model_config.bias == "global_user_item" else 0.0
+
+    def loss_fn(params, batch, dropout_rng):
+        rngs = {"dropout": dropout_rng}
+        if cfg.uses_negatives:
+            positive, negative, _ = model.apply({"params": params}, batch, deterministic=False, rngs=rngs,
+                                                method=IARN.score_with_negatives)
+        else:
+            (positive, _), negative = model.apply({"params": params}, batch, deterministic=False, rngs=rngs), None
+        loss = objective_loss(cfg.objective, positive, negative, batch, loss=cfg.ranking_loss,
+                              joint_weight=cfg.joint_weight, offset=offset)
+        if model_config.stationary_dim and cfg.factor_l2:
+            loss = loss + cfg.factor_l2 * factor_penalty(params, batch)
+        return loss
+
+    return loss_fn
+
+
+def make_negative_sampler(data: PreparedData, cfg: TrainConfig) -> NegativeSampler:
+    """Negatives among the items of the training and validation pairs that the user never rated in the
+    training period (uniform or popularity ** alpha, counts = training-period events)."""
+    pool = np.union1d(data.train.item, data.val.item)
+    return NegativeSampler(data.user_histories, data.split.n_items, data.item_histories.lengths, pool=pool,
+                           distribution=cfg.negative_distribution, alpha=cfg.negative_alpha)
+
+
+def with_negatives(batch: dict, negatives: np.ndarray, times: np.ndarray, data: PreparedData,
+                   cfg: TrainConfig) -> dict:
+    """batch + the padded histories of its negatives [B, k] (drawn for positives at ``times`` [B])."""
+    return {**batch, **materialize_negatives(negatives, times, data.item_histories, history_mode=cfg.history_mode,
+                                             max_len=cfg.max_len, bucket_lengths=cfg.bucket_lengths)}
+
+
+def validation_negatives(sampler: NegativeSampler, pairs: Any, count: int) -> np.ndarray:
+    """[N, count] fixed negatives of the validation pairs (the same for every training seed)."""
+    return sampler.sample(pairs.user, count, np.random.default_rng([0, 0x56414C]))
+
+
+def score_pairs_with_negatives(neg_eval_step: Callable, params: Any, pairs: Any, negatives: np.ndarray,
+                               data: PreparedData, cfg: TrainConfig, mesh) -> tuple[np.ndarray, np.ndarray]:
+    """(positive [N], negative [N, k]) scores of every pair of ``pairs`` and its negatives [N, k]."""
+    n, k = negatives.shape
+    n_dev = mesh.devices.size
+    batch_size = max(n_dev, (cfg.eval_batch_size // (1 + k)) // n_dev * n_dev)
+    positive, negative = np.zeros(n, np.float32), np.zeros((n, k), np.float32)
+    plan = batching.make_batch_plan(pairs, batch_size, shuffle=False, bucket_lengths=cfg.bucket_lengths,
+                                    max_len=cfg.max_len)
+    for entry in plan:
+        idx = np.asarray(entry.indices)
+        valid, safe = idx >= 0, np.where(idx >= 0, idx, 0)
+        batch = batching.materialize(entry, pairs, data.user_histories, data.item_histories, max_len=cfg.max_len,
+                                     drop_self=cfg.history_mode == "full_without_self")
+        batch = with_negatives(batch, negatives[safe], pairs.time[safe], data, cfg)
+        pos, neg = jax.device_get(neg_eval_step(params, put_batch(_local_rows(batch), mesh)))
+        positive[idx[valid]] = np.asarray(pos)[valid]
+        negative[idx[valid]] = np.asarray(neg)[valid]
+    return positive, negative
+
+
+def gate_saturation(stats_step: Callable, params: Any, pairs: Any, data: PreparedData, cfg: TrainConfig,
+                    mesh) -> dict:
+    """Share of valid history steps whose gate is < 0.01 or > 0.99, per side, over ``pairs``."""
+    totals = np.zeros((2, 2))
+    plan = batching.make_batch_plan(pairs, cfg.eval_batch_size, shuffle=False, bucket_lengths=cfg.bucket_lengths,
+                                    max_len=cfg.max_len)
+    for entry in plan:
+        batch = batching.materialize(entry, pairs, data.user_histories, data.item_histories, max_len=cfg.max_len,
+                                     drop_self=cfg.history_mode == "full_without_self")
+        totals += np.asarray(jax.device_get(stats_step(params, put_batch(_local_rows(batch), mesh))))
+    return {f"{side}_gates_saturated": float(totals[i, 0] / max(totals[i, 1], 1.0))
+            for i, side in enumerate(("user", "item"))}
+
+
+def _set_factors(params: Any, user_factors, item_factors, user_bias=None, item_bias=None) -> Any:
+    params = dict(params)
+    for tower, factors, bias in (("user_tower", user_factors, user_bias), ("item_tower", item_factors, item_bias)):
+        side = dict(params[tower])
+        side["stationary_factor"] = jax.numpy.asarray(factors, side["stationary_factor"].dtype)
+        if bias is not None and "entity_bias" in side:
+            side["entity_bias"] = jax.numpy.asarray(bias, side["entity_bias"].dtype)
+        params[tower] = side
+    return params
+
+
+def init_from_mf_baseline(params: Any, split: ProtocolSplit, model_config: ModelConfig, seed: int = 0
+                          ) -> tuple[Any, dict]:
+    """Starts the model *at* the project's tuned MF baseline (``baselines.mf.MF`` with S factors, its
+    validation grid and early stopping): b_u, b_i, p_u, q_i are MF's, and the item tower's head starts
+    at 0, so <u~, v~> = 0 and the initial prediction equals MF's exactly; the recurrent towers then
+    learn the residual. Returns (params, {"factor_init": "mf", "factor_init_val_rmse"})."""
+    from iarn_jax.models.baselines.mf import MF
+
+    mf = MF(factors=model_config.stationary_dim).fit(split, seed=seed, verbose=False)
+    mf_params = {k: np.asarray(v) for k, v in mf.params.items()}
+    with_bias = model_config.bias == "global_user_item"
+    params = _set_factors(params, mf_params["user_factors"], mf_params["item_factors"],
+                          mf_params["user_bias"] if with_bias else None, mf_params["item_bias"] if with_bias else None)
+    item = dict(params["item_tower"])
+    item["head_kernel"] = jax.numpy.zeros_like(item["head_kernel"])
+    item["head_bias"] = jax.numpy.zeros_like(item["head_bias"])
+    params["item_tower"] = item
+    val = split.val
+    pred = mf.predict(val["user"].to_numpy(np.int64), val["item"].to_numpy(np.int64))
+    rmse = rating_metrics(np.asarray(pred), val["rating"].to_numpy(), split.rating_scale)["rmse"]
+    return params, {"factor_init": "mf", "factor_init_val_rmse": rmse}
+
+
+def init_factors_from_mf(params: Any, split: ProtocolSplit, model_config: ModelConfig, regs=(0.03, 0.1, 0.3, 1.0),
+                         iterations: int = 12, seed: int = 0) -> tuple[Any, dict]:
+    """Sets the stationary factors p_u, q_i to an ALS factorisation of the training residuals
+    r - mu - b_u - b_i (the BaselineOnly biases), with the ALS-WR ridge ``reg * n_ratings`` chosen on the
+    validation split. Returns (params, {"factor_init_reg", "factor_init_val_rmse"})."""
+    from iarn_jax.models.baselines.bias import BiasBaseline
+
+    train, val = split.train, split.val
+    users, items = train["user"].to_numpy(np.int64), train["item"].to_numpy(np.int64)
+    ratings = train["rating"].to_numpy(np.float64)
+    base = BiasBaseline().fit_arrays(users, items, ratings, split.n_users, split.n_items)
+    residual = ratings - (base.mu + base.b_user[users] + base.b_item[items])
+    vu, vi = val["user"].to_numpy(np.int64), val["item"].to_numpy(np.int64)
+    val_base = base.mu + base.b_user[vu] + base.b_item[vi]
+    lo, hi = split.rating_scale
+    S = model_config.stationary_dim
+
+    from scipy import sparse
+
+    def solve(rows, cols, n_rows, fixed, reg):
+        # per row: (F^T F + reg * n * I) x = F^T r over the row's ratings. With the indicator matrix M
+        # [n_rows, n_cols] and each column's outer product f f^T flattened [n_cols, S*S], the Gram
+        # matrices are one sparse product M @ outer (n_ratings * S^2 multiply-adds).
+        n_cols = fixed.shape[0]
+        indicator = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_rows, n_cols))
+        weighted = sparse.csr_matrix((residual, (rows, cols)), shape=(n_rows, n_cols))
+        A = (indicator @ (fixed[:, :, None] * fixed[:, None, :]).reshape(n_cols, S * S)).reshape(n_rows, S, S)
+        b = weighted @ fixed
+        counts = np.bincount(rows, minlength=n_rows)
+        A += (reg * np.maximum(counts, 1))[:, None, None] * np.eye(S)[None]
+        return np.linalg.solve(A, b[..., None])[..., 0]
+
+    best = (math.inf, None, None, None)
+    for reg in regs:
+        rng = np.random.default_rng(seed)
+        q = rng.normal(0, 0.1, (split.n_items, S))
+        for _ in range(iterations):
+            p = solve(users, items, split.n_users, q, reg)
+            q = solve(items, users, split.n_items, p, reg)
+        pred = np.clip(val_base + np.sum(p[vu] * q[vi], axis=1), lo, hi)
+        rmse = float(np.sqrt(np.mean((pred - val["rating"].to_numpy(np.float64)) ** 2)))
+        if rmse < best[0]:
+            best = (rmse, reg, p, q)
+    rmse, reg, p, q = best
+    return _set_factors(params, p, q), {"factor_init": "als", "factor_init_reg": reg, "factor_init_val_rmse": rmse}
+
+
 class _Logger:
-    """Prints progress and appends the same records to workdir/log.jsonl."""
+    """Prints progress and appends the same records to workdir/log.jsonl.
+
+    On a terminal (see :mod:`iarn_jax.progress`) a bar over the run's step budget shows the epoch,
+    the loss and an ETA (an upper bound: early stopping may end the run sooner); the periodic
+    "train" lines then go into the bar and the other lines are printed above it.
+    """
 
     def __init__(self, workdir: Optional[pathlib.Path], verbose: bool):
         self.path = workdir / "log.jsonl" if workdir is not None else None
         self.verbose = verbose and jax.process_index() == 0
+        self.bar: Optional[Progress] = None
+        self.resumed_step, self.total_steps, self.started = 0, 0, time.time()
 
     def __call__(self, record: dict, text: str) -> None:
         if self.verbose:
-            print(text, flush=True)
+            self._show(record, text)
         if self.path is not None and jax.process_index() == 0:
             with self.path.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
+
+    def _show(self, record: dict, text: str) -> None:
+        event = record.get("event")
+        if event == "resume":
+            self.resumed_step = int(record["step"])
+        if event == "start":
+            self.total_steps, self.started = int(record.get("total_steps") or 0), time.time()
+            if bars_enabled() and self.total_steps:
+                self.bar = Progress(self.total_steps, label="train", unit="steps")
+                self.bar.update(self.resumed_step)
+        if self.bar is None:
+            if event == "train" and self.total_steps:  # plain line + the step budget's ETA
+                done = int(record["step"]) - self.resumed_step
+                left = max(self.total_steps - int(record["step"]), 0)
+                eta = (time.time() - self.started) / max(done, 1) * left
+                text += f" | {record['step']}/{self.total_steps} steps, ETA <= {format_seconds(eta)}"
+            print(text, flush=True)
+            return
+        if event in ("train", "eval"):
+            self.bar.set_description(f"epoch {record['epoch']}")
+            value = [f"{key} {record[key]:.4f}" for key in ("loss", "val_rmse") if key in record]
+            self.bar.update(int(record["step"]), postfix=value[0] if value else None)
+        if event != "train":
+            self.bar.write(text)
+        if event == "done":
+            self.bar.close()
+            self.bar = None
 
 
 def train(
@@ -225,6 +436,7 @@ def train(
     data: Optional[PreparedData] = None,
     devices: Optional[list] = None,
     stop_after_steps: Optional[int] = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Trains a model on split.train with early stopping on split.val; scores split.test.
 
@@ -234,6 +446,8 @@ def train(
       configs the result equals an uninterrupted run.
     stop_after_steps: simulate an interruption (testing): return right after the
       checkpoint at or after this many steps.
+    overwrite: replace a run already in workdir (without it, or resume, a workdir
+      holding a run is refused; see iarn_jax.training.run_records).
     """
     start_wall = time.time()
     cfg = train_config
@@ -243,10 +457,9 @@ def train(
         raise ValueError(f"protocol {split.name!r}: empty training or validation split")
     workdir = pathlib.Path(workdir) if workdir is not None else None
     ckpt_dir = workdir / "checkpoints" if workdir is not None else None
-    if workdir is not None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        checkpoint.write_json_atomic(
-            workdir / "config.json",
+    if workdir is not None:  # checks the workdir (resume / overwrite) before config.json is written
+        run_records.prepare_workdir(
+            workdir,
             {
                 "protocol": split.name,
                 "model": dataclasses.asdict(model_config),
@@ -254,6 +467,7 @@ def train(
                 "min_len": split.min_len,
                 "split_seed": split.seed,
             },
+            resume=resume, overwrite=overwrite, ckpt_dir=ckpt_dir,
         )
     log = _Logger(workdir, verbose)
 
@@ -275,9 +489,23 @@ def train(
     params = jax.jit(lambda r, b: model.init(r, b, deterministic=True)["params"])(init_rng, first)
     if model_config.bias != "none" and cfg.bias_init == "baseline":
         params = init_biases_from_baseline(params, split, model_config)
+    factor_info: dict = {}
+    if model_config.stationary_dim and cfg.factor_init != "random" and cfg.objective in ("rating", "joint"):
+        init = init_factors_from_mf if cfg.factor_init == "als" else init_from_mf_baseline
+        params, factor_info = init(params, split, model_config, seed=cfg.seed)
     state = create_train_state(params, tx, dropout_rng, mesh)
-    train_step = make_train_step(apply_fn, tx, mesh)
+    train_step = make_train_step(apply_fn, tx, mesh, make_loss_fn(model, model_config, cfg))
     eval_step = make_eval_step(apply_fn, mesh)
+    metric_name = cfg.selection_metric  # "rmse" (lower is better) or "auc" (higher)
+    rates = cfg.objective != "ranking"  # objectives whose predictions are ratings
+    sampler = make_negative_sampler(data, cfg) if (cfg.uses_negatives or metric_name == "auc") else None
+    neg_eval_step = val_negatives = None
+    if sampler is not None:
+        neg_eval_step = make_negative_eval_step(
+            lambda params, batch: model.apply({"params": params}, batch, deterministic=True,
+                                              method=IARN.score_with_negatives)[:2], mesh)
+        val_negatives = validation_negatives(sampler, data.val, cfg.val_negatives)
+    drop_self = cfg.history_mode == "full_without_self"
 
     # Schedule state (plain Python; checkpointed in progress.json).
     sched = {"epoch": 0, "batch": 0, "best_val": math.inf, "best_step": 0, "bad": 0, "decay_bad": 0,
@@ -293,9 +521,27 @@ def train(
             log({"event": "resume", "step": int(progress["step"])},
                 f"resumed from step {progress['step']} (epoch {sched['epoch']}, batch {sched['batch']})")
 
+    def validation_metrics(params) -> dict:
+        """{"rmse": val RMSE (rating objectives), "auc": sampled val AUC (with negatives)}."""
+        out = {}
+        if rates:
+            pred = predict_pairs(eval_step, params, data.val, data, cfg, mesh)
+            out["rmse"] = rating_metrics(pred, data.val.rating, split.rating_scale)["rmse"]
+        if sampler is not None:
+            positive, negative = score_pairs_with_negatives(neg_eval_step, params, data.val, val_negatives, data,
+                                                            cfg, mesh)
+            out["auc"] = sampled_auc(positive, negative)
+        return out
+
     def evaluate_val() -> float:
-        pred = predict_pairs(eval_step, state.params, data.val, data, cfg, mesh)
-        return rating_metrics(pred, data.val.rating, split.rating_scale)["rmse"]
+        """The schedule's value (lower is better: val RMSE, or -AUC); stops on a non-finite metric."""
+        nonlocal last_metrics
+        last_metrics = validation_metrics(state.params)
+        value = last_metrics[metric_name]
+        value = run_records.check_finite_metric(value, step, ckpt_dir)  # NaN/inf: stop, name the checkpoint
+        return value if metric_name == "rmse" else -value
+
+    last_metrics: dict = {}
 
     def save(step: int):
         if ckpt_dir is None:
@@ -307,7 +553,8 @@ def train(
     steps_per_epoch = -(-n_train // cfg.batch_size)
     eval_every = cfg.eval_every or steps_per_epoch
     log({"event": "start", "n_train": n_train, "n_val": len(data.val.user), "n_test": len(data.test.user),
-         "devices": n_dev, "model": model_config.variant},
+         "devices": n_dev, "model": model_config.variant, "steps_per_epoch": steps_per_epoch,
+         "total_steps": min(cfg.max_steps, cfg.max_epochs * steps_per_epoch)},
         f"training {model_config.variant} on {split.name}: {n_train} train / {len(data.val.user)} val / "
         f"{len(data.test.user)} test pairs, batch {cfg.batch_size}, {steps_per_epoch} steps/epoch, "
         f"{n_dev} device(s), history={cfg.history_mode}")
@@ -315,6 +562,11 @@ def train(
     run_loss, run_n, window_start, window_examples = 0.0, 0, time.time(), 0
     session_start = time.time() - sched["elapsed"]
     step = int(state.step)  # host-side step counter: no device sync per step
+    if factor_info and sched["evals"] == 0:  # the MF start is a candidate: never end worse than it
+        _schedule_after_eval(sched, evaluate_val(), 0, cfg)
+        log({"event": "eval", "step": 0, **{f"val_{k}": v for k, v in last_metrics.items()}, **factor_info},
+            f"  eval step 0 (started at {factor_info['factor_init'].upper()}): "
+            + "  ".join(f"val {k.upper()} {v:.4f}" for k, v in last_metrics.items()))
     # Losses stay on the device until a log / eval / epoch end needs them, so the host never waits
     # for step k before dispatching step k+1 (the device stays busy while the next batch is placed).
     pending: list = []  # (step, device loss)
@@ -342,11 +594,17 @@ def train(
             break
         plan = batching.make_batch_plan(data.train, cfg.batch_size, seed=cfg.seed, epoch=epoch,
                                         bucket_lengths=cfg.bucket_lengths, max_len=cfg.max_len)
-        host_batches = (
-            _local_rows(batching.materialize(plan[k], data.train, data.user_histories, data.item_histories,
-                                             max_len=cfg.max_len))
-            for k in range(sched["batch"], len(plan))
-        )
+
+        def host_batch(k: int, plan=plan, epoch=epoch) -> dict:
+            batch = batching.materialize(plan[k], data.train, data.user_histories, data.item_histories,
+                                         max_len=cfg.max_len, drop_self=drop_self)
+            if cfg.uses_negatives:  # drawn from (seed, epoch, batch): a resumed run draws the same
+                safe = np.maximum(plan.indices[k], 0)
+                negatives = sampler.sample(batch["user"], cfg.n_negatives, negative_rng(cfg.seed, epoch, k))
+                batch = with_negatives(batch, negatives, data.train.time[safe], data, cfg)
+            return _local_rows(batch)
+
+        host_batches = (host_batch(k) for k in range(sched["batch"], len(plan)))
         mark = time.time()
         for batch in prefetch(host_batches, cfg.prefetch):
             state, metrics = train_step(state, put_batch(batch, mesh))
@@ -381,9 +639,12 @@ def train(
                     if lr < cfg.min_learning_rate:
                         sched.update(done=True, reason="min_learning_rate")
                 sched["elapsed"] = time.time() - session_start
-                log({"event": "eval", "epoch": epoch, "step": step, "val_rmse": sched["last_val"],
-                     "best_val_rmse": sched["best_val"], "learning_rate": lr},
-                    f"  eval step {step}: val RMSE {sched['last_val']:.4f} (best {sched['best_val']:.4f}"
+                shown = "  ".join(f"val {k.upper()} {v:.4f}" for k, v in last_metrics.items())
+                best_shown = abs(sched["best_val"])
+                log({"event": "eval", "epoch": epoch, "step": step,
+                     **{f"val_{k}": v for k, v in last_metrics.items()},
+                     f"best_val_{metric_name}": best_shown, "learning_rate": lr},
+                    f"  eval step {step}: {shown} (best {metric_name.upper()} {best_shown:.4f}"
                     f" @ {sched['best_step']}), lr {lr:.2e}")
                 if step >= cfg.max_steps:
                     sched.update(done=True, reason="max_steps")
@@ -401,9 +662,10 @@ def train(
             sched["batch"] = 0
     drain()
     # Final evaluation with the best parameters.
-    if sched["best_step"] == 0:  # never evaluated (tiny runs): evaluate now
+    if sched["evals"] == 0:  # never evaluated (tiny runs): evaluate now
         best_params = _copy(state.params)
         sched["best_val"] = evaluate_val()
+    final_val = validation_metrics(best_params)
     val_pred = predict_pairs(eval_step, best_params, data.val, data, cfg, mesh)
     test_pred = predict_pairs(eval_step, best_params, data.test, data, cfg, mesh)
     val_m = rating_metrics(val_pred, data.val.rating, split.rating_scale)
@@ -427,13 +689,22 @@ def train(
         "train_examples_per_second": sched["examples"] / max(sched["train_seconds"], 1e-9),
         "devices": n_dev,
         "params": int(sum(leaf.size for leaf in jax.tree.leaves(best_params))),
+        "objective": cfg.objective,
+        "selection_metric": metric_name,
+        **({"val_auc_sampled": final_val["auc"]} if "auc" in final_val else {}),
+        **factor_info,
     }
+    if model_config.gated:  # a tower whose gates all sit at 0 or 1 is visible at once
+        metrics.update(gate_saturation(make_gate_stats_step(apply_fn, mesh), best_params, data.test, data, cfg, mesh))
     if ckpt_dir is not None:
         checkpoint.save_params(ckpt_dir / "best", best_params)
         checkpoint.write_json_atomic(workdir / "results.json", metrics)
-    log({"event": "done", **metrics},
-        f"done ({sched['reason']}): test RMSE {test_m['rmse']:.4f} MAE {test_m['mae']:.4f}, "
-        f"val RMSE {val_m['rmse']:.4f}, {wall:.0f}s")
+    summary = (f"test RMSE {test_m['rmse']:.4f} MAE {test_m['mae']:.4f}, val RMSE {val_m['rmse']:.4f}" if rates
+               else f"val AUC (sampled) {final_val['auc']:.4f}")
+    if model_config.gated:
+        summary += (f", saturated gates user {metrics['user_gates_saturated']:.0%} "
+                    f"item {metrics['item_gates_saturated']:.0%}")
+    log({"event": "done", **metrics}, f"done ({sched['reason']}): {summary}, {wall:.0f}s")
     return TrainResult(model_config, cfg, best_params, metrics, data, workdir)
 
 

@@ -15,6 +15,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from iarn_jax.training.objectives import weighted_mse  # noqa: F401  (re-exported)
+
 DATA_AXIS = "data"
 Batch = Mapping[str, Any]
 
@@ -57,29 +59,25 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def weighted_mse(pred: jax.Array, target: jax.Array, weight: jax.Array) -> jax.Array:
-    """Mean squared error over the real (weight 1) examples of a batch."""
-    err = (pred.astype(jnp.float32) - target) ** 2
-    return jnp.sum(weight * err) / jnp.maximum(jnp.sum(weight), 1.0)
-
-
-def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, mesh: Mesh):
+def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, mesh: Mesh,
+                    loss_fn: Optional[Callable] = None):
     """Builds the jit-compiled train step.
 
     apply_fn(params, batch, deterministic, rngs) -> (pred [B], aux).
+    loss_fn(params, batch, dropout_rng) -> scalar loss; default: the weighted MSE of apply_fn's
+      predictions against batch["rating"] (the rating objective).
     Returns step(state, batch) -> (state, metrics) with metrics {"loss", "n"}.
     The RNG for dropout is fold_in(state.rng, state.step), so a resumed run draws
     the same masks as an uninterrupted one.
     """
-
-    def train_step(state: TrainState, batch: Batch):
-        dropout_rng = jax.random.fold_in(state.rng, state.step)
-
-        def loss_fn(params):
+    if loss_fn is None:
+        def loss_fn(params, batch, dropout_rng):
             pred, _ = apply_fn(params, batch, False, {"dropout": dropout_rng})
             return weighted_mse(pred, batch["rating"], batch["weight"])
 
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    def train_step(state: TrainState, batch: Batch):
+        dropout_rng = jax.random.fold_in(state.rng, state.step)
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, dropout_rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
@@ -100,6 +98,35 @@ def make_eval_step(apply_fn: Callable, mesh: Mesh):
     def eval_step(params, batch: Batch):
         pred, _ = apply_fn(params, batch, True, None)
         return pred.astype(jnp.float32)
+
+    return jax.jit(eval_step, in_shardings=(replicated(mesh), data_sharded(mesh)), out_shardings=replicated(mesh))
+
+
+def make_gate_stats_step(apply_fn: Callable, mesh: Mesh, low: float = 0.01, high: float = 0.99):
+    """jit-compiled (params, batch) -> [2, 2] float32: per side (user, item), the number of valid history
+    steps whose gate is saturated (< low or > high) and the number of valid steps of real examples."""
+
+    def stats(params, batch: Batch):
+        _, aux = apply_fn(params, batch, True, None)
+        rows = []
+        for side in ("user", "item"):
+            valid = batch[f"{side}_history_mask"] & (batch["weight"][:, None] > 0)
+            gates = aux[f"{side}_gates"]
+            saturated = valid & ((gates < low) | (gates > high))
+            rows.append(jnp.stack([jnp.sum(saturated), jnp.sum(valid)]).astype(jnp.float32))
+        return jnp.stack(rows)
+
+    return jax.jit(stats, in_shardings=(replicated(mesh), data_sharded(mesh)), out_shardings=replicated(mesh))
+
+
+def make_negative_eval_step(score_fn: Callable, mesh: Mesh):
+    """jit-compiled (params, batch with negatives) -> (positive [B], negative [B, k]) scores, dropout off.
+
+    score_fn(params, batch) -> (positive, negative)."""
+
+    def eval_step(params, batch: Batch):
+        positive, negative = score_fn(params, batch)
+        return positive.astype(jnp.float32), negative.astype(jnp.float32)
 
     return jax.jit(eval_step, in_shardings=(replicated(mesh), data_sharded(mesh)), out_shardings=replicated(mesh))
 

@@ -41,10 +41,46 @@ def check_ratings(
     bad = ~np.isfinite(values) | (values < low) | (values > high)
     if bad.any():
         row = int(np.argmax(bad))
-        raise DataError(
-            f"{sources[int(files[row])]}: line {int(lines[row])}: field '{field}': "
-            f"rating {float(values[row]):g} is outside the rating scale [{low:g}, {high:g}]"
-        )
+        problem = (f"rating {float(values[row]):g} is outside the rating scale [{low:g}, {high:g}]"
+                   if np.isfinite(values[row]) else f"not a finite number: {float(values[row]):g}")
+        raise DataError(f"{sources[int(files[row])]}: line {int(lines[row])}: field '{field}': {problem}")
+
+
+# Plausible unix seconds: not negative, not after 2100-01-01; a warning before 1990-01-01.
+LATEST_SECONDS = 4_102_444_800
+WARN_BEFORE_SECONDS = 631_152_000
+
+
+def check_times(
+    times: np.ndarray, lines: np.ndarray, files: np.ndarray, sources: Sequence[str], field: str
+) -> None:
+    """Unix-second times: DataError for negative or far-future times (milliseconds are named as
+    such); a warning line for times before 1990."""
+    values = np.asarray(times, dtype=np.int64)
+    if len(values) == 0:
+        return
+
+    def where(mask: np.ndarray) -> tuple[str, int]:
+        row = int(np.argmax(mask))
+        return f"{sources[int(files[row])]}: line {int(lines[row])}: field '{field}'", int(values[row])
+
+    late = values > LATEST_SECONDS
+    if late.any():
+        place, value = where(late)
+        if value > 100 * LATEST_SECONDS:
+            unit = "milliseconds" if value < 100_000 * LATEST_SECONDS else "microseconds or nanoseconds"
+            raise DataError(f"{place}: time {value} looks like {unit} since 1970, not unix seconds; "
+                            f"convert the column to seconds")
+        raise DataError(f"{place}: time {value} is after 2100-01-01 as unix seconds; expected unix seconds")
+    negative = values < 0
+    if negative.any():
+        place, value = where(negative)
+        raise DataError(f"{place}: time {value} is negative (before 1970-01-01); expected unix seconds")
+    early = values < WARN_BEFORE_SECONDS
+    if early.any():
+        place, value = where(early)
+        report(f"warning: {int(early.sum()):,} time(s) before 1990-01-01, first at {place}: {value}; "
+               f"check that the times are unix seconds")
 
 
 def drop_duplicate_pairs(frame: pd.DataFrame, name: str) -> tuple[pd.DataFrame, int]:
@@ -70,6 +106,7 @@ def build_dataset(
     rating_scale: tuple[float, float],
     rating_field: str = "rating",
     time_unit: str = "seconds",
+    time_field: str = "time",
     user_ids: Optional[np.ndarray] = None,
     item_ids: Optional[np.ndarray] = None,
 ) -> Dataset:
@@ -86,6 +123,8 @@ def build_dataset(
         raise DataError(f"{sources[0] if sources else name}: line 1: field '{rating_field}': no ratings")
     files = raw["file"].to_numpy() if "file" in raw else np.zeros(len(raw), dtype=np.int64)
     check_ratings(raw["rating"].to_numpy(), rating_scale, raw["_line"].to_numpy(), files, sources, rating_field)
+    if time_unit == "seconds":
+        check_times(raw["time"].to_numpy(), raw["_line"].to_numpy(), files, sources, time_field)
     frame = pd.DataFrame(
         {
             "user": raw["user"].to_numpy(),

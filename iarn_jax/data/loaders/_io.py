@@ -14,6 +14,7 @@ import io
 import math
 import pathlib
 import sys
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
@@ -90,9 +91,11 @@ def value_problem(kind: str, value: Optional[str]) -> Optional[str]:
         return None
     if kind == "int":
         try:
-            int(value)
+            number = int(value)
         except ValueError:
             return f"not an integer: {value!r}"
+        if not -(2**63) <= number < 2**63:
+            return f"integer out of the 64-bit range: {value.strip()!r}"
         return None
     try:
         number = float(value)
@@ -201,23 +204,26 @@ def read_delimited(
     names = [name for name, _ in fields]
     dtypes = {name: _PANDAS_DTYPES[kind] for name, kind in fields}
     try:
-        frame = pd.read_csv(
-            io.BytesIO(data),
-            sep=sep,
-            header=0 if header else None,
-            names=None if header else names,
-            index_col=False,
-            dtype=dtypes,
-            encoding=encoding,
-            quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE,
-            keep_default_na=False,
-            na_values=[""],
-            skip_blank_lines=False,
-            engine="c",
-        )
+        with warnings.catch_warnings():  # a row longer than the header: an error, not a silent truncation
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(
+                io.BytesIO(data),
+                sep=sep,
+                header=0 if header else None,
+                names=None if header else names,
+                index_col=False,
+                dtype=dtypes,
+                encoding=encoding,
+                quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE,
+                keep_default_na=False,
+                na_values=[""],
+                skip_blank_lines=False,
+                engine="c",
+            )
         frame.columns = [str(c).strip().lstrip("\ufeff") for c in frame.columns]
         frame = frame[names]
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as error:
+    except (ValueError, OverflowError, pd.errors.ParserError, pd.errors.ParserWarning,
+            UnicodeDecodeError) as error:
         text = decode(data, path, encoding)
         located = locate_bad_line(text, path, fields, sep=sep, header=header, quoted=quoted)
         raise (located or DataError(f"{path}: cannot parse ({error})")) from None
@@ -287,9 +293,13 @@ def parse_time(value: str | int) -> int:
         return int(value)
     text = str(value).strip()
     try:
-        return int(text)
+        number = int(text)
     except ValueError:
         pass
+    else:
+        if not -(2**63) <= number < 2**63:
+            raise ValueError(f"time {value!r} is out of the 64-bit range of unix seconds")
+        return number
     text = text[:-1] if text.endswith("Z") else text
     for time_format in _TIME_FORMATS:
         try:

@@ -82,6 +82,8 @@ def read_reviews(path: pathlib.Path | str) -> pd.DataFrame:
             raise DataError(f"{path}: line {number}: field 'overall': not a number: {rating!r}") from None
         if isinstance(time, bool) or not isinstance(time, (int, str)) or not str(time).strip().lstrip("-").isdigit():
             raise DataError(f"{path}: line {number}: field 'unixReviewTime': not an integer: {time!r}")
+        if not -(2**63) <= int(time) < 2**63:
+            raise DataError(f"{path}: line {number}: field 'unixReviewTime': out of the 64-bit range: {time!r}")
         users.append(str(user))
         items.append(str(item))
         ratings.append(rating)
@@ -159,7 +161,7 @@ def load_amazon_reviews(path: pathlib.Path | str, meta_path: Optional[pathlib.Pa
     path = pathlib.Path(path)
     raw = read_reviews(path)
     dataset = build_dataset(raw, name=_name(path), sources=[str(path)], rating_scale=RATING_SCALE,
-                            rating_field="overall")
+                            rating_field="overall", time_field="unixReviewTime")
     return _with_metadata(dataset, meta_path)
 
 
@@ -169,7 +171,8 @@ def load_amazon_ratings_csv(path: pathlib.Path | str, meta_path: Optional[pathli
     fields = [("item", "str"), ("user", "str"), ("rating", "float"), ("timestamp", "int")]
     raw = read_delimited(read_bytes(path), str(path), fields, sep=",", quoted=True)
     raw = raw.rename(columns={"timestamp": "time"})
-    dataset = build_dataset(raw, name=_name(path), sources=[str(path)], rating_scale=RATING_SCALE)
+    dataset = build_dataset(raw, name=_name(path), sources=[str(path)], rating_scale=RATING_SCALE,
+                            time_field="timestamp")
     return _with_metadata(dataset, meta_path)
 
 

@@ -8,6 +8,7 @@ anything else.
 """
 from __future__ import annotations
 
+import math
 import pathlib
 from typing import Callable, Optional
 
@@ -57,11 +58,33 @@ FORMATS: dict[str, Callable[[pathlib.Path], Dataset]] = {
 }
 
 
-def load_by_format(fmt: str, path: pathlib.Path | str) -> Dataset:
-    """Load ``path`` with the loader registered for ``fmt`` (one of FORMATS)."""
+def load_by_format(fmt: str, path: pathlib.Path | str,
+                   rating_scale: Optional[tuple[float, float]] = None) -> Dataset:
+    """Load ``path`` with the loader registered for ``fmt`` (one of FORMATS).
+
+    rating_scale: (low, high) for the generic ``csv`` / ``parquet`` formats (ratings outside it are
+      refused); without it a standard scale is inferred and printed. Other formats know their scale.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"unknown data format {fmt!r}; known formats: {', '.join(FORMATS)}")
+    if rating_scale is not None:
+        if fmt not in ("csv", "parquet"):
+            raise ValueError(f"--rating_scale applies to the csv / parquet formats only; {fmt!r} "
+                             f"has a fixed scale")
+        return load_table(pathlib.Path(path), DEFAULT_COLUMNS, rating_scale=check_rating_scale(rating_scale))
     return FORMATS[fmt](pathlib.Path(path))
+
+
+def check_rating_scale(value) -> tuple[float, float]:
+    """(low, high) from a pair or a "LOW,HIGH" string; ValueError naming --rating_scale otherwise."""
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        low, high = (float(v) for v in parts)
+    except (TypeError, ValueError):
+        raise ValueError(f"--rating_scale={value!r}: expected LOW,HIGH like 1,5") from None
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"--rating_scale={value!r}: need finite LOW < HIGH, like 1,5")
+    return low, high
 
 
 def parse_data_flag(flag: str) -> tuple[str, str]:

@@ -69,7 +69,7 @@ def read_ml100k_items(path: pathlib.Path, genres: tuple[str, ...]) -> pd.DataFra
     bad = (flags != 0) & (flags != 1)
     if bad.any():
         row, col = map(int, np.argwhere(bad)[0])
-        raise DataError(f"{path}: line {int(items['line'].iloc[row])}: field '{genres[col]}': "
+        raise DataError(f"{path}: line {int(items['_line'].iloc[row])}: field '{genres[col]}': "
                         f"genre flag must be 0 or 1, got {flags[row, col]}")
     return items
 
@@ -85,7 +85,8 @@ def load_movielens_100k(path: pathlib.Path | str) -> Dataset:
     fields = [("user id", "int"), ("item id", "int"), ("rating", "float"), ("timestamp", "int")]
     raw = read_delimited(read_bytes(ratings_path), str(ratings_path), fields, sep="\t")
     raw = raw.rename(columns={"user id": "user", "item id": "item", "timestamp": "time"})
-    dataset = build_dataset(raw, name=folder.absolute().name, sources=[str(ratings_path)], rating_scale=(1.0, 5.0))
+    dataset = build_dataset(raw, name=folder.absolute().name, sources=[str(ratings_path)], rating_scale=(1.0, 5.0),
+                            time_field="timestamp")
     item_file = folder / "u.item"
     if not item_file.exists():
         return dataset
@@ -159,7 +160,7 @@ def load_movielens_dat(path: pathlib.Path | str) -> Dataset:
     half_stars = bool(((ratings < 1) | (ratings != np.round(ratings))).any())
     scale = (0.5, 5.0) if half_stars else (1.0, 5.0)
     dataset = build_dataset(raw, name=folder.absolute().name, sources=[str(ratings_path)], rating_scale=scale,
-                            rating_field="Rating")
+                            rating_field="Rating", time_field="Timestamp")
     movies_path = folder / "movies.dat"
     return _with_movies(dataset, read_movies_dat(movies_path)) if movies_path.exists() else dataset
 
@@ -178,7 +179,8 @@ def load_movielens_csv(path: pathlib.Path | str) -> Dataset:
     fields = [("userId", "int"), ("movieId", "int"), ("rating", "float"), ("timestamp", "int")]
     raw = read_delimited(read_bytes(ratings_path), str(ratings_path), fields, header=True)
     raw = raw.rename(columns={"userId": "user", "movieId": "item", "timestamp": "time"})
-    dataset = build_dataset(raw, name=folder.absolute().name, sources=[str(ratings_path)], rating_scale=(0.5, 5.0))
+    dataset = build_dataset(raw, name=folder.absolute().name, sources=[str(ratings_path)], rating_scale=(0.5, 5.0),
+                            time_field="timestamp")
     movies_path = folder / "movies.csv"
     if not movies_path.exists():
         return dataset

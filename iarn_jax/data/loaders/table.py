@@ -5,7 +5,9 @@
 row order is the time, ``time_unit == "order"``). Times are unix seconds
 (integers; floats are floored), datetime columns (Parquet), or strings parsed
 with ``time_format`` (UTC). Ids that are all integers become int64, otherwise
-strings. Without ``rating_scale`` the scale is the observed (min, max).
+strings. Without ``rating_scale`` the scale is the first standard scale of
+STANDARD_SCALES that holds every rating (printed); a rating outside every
+standard scale is refused (pass ``rating_scale``, flag ``--rating_scale``).
 For Parquet files, the "line" in error messages is the 1-based row number.
 """
 from __future__ import annotations
@@ -17,11 +19,36 @@ import numpy as np
 import pandas as pd
 
 from iarn_jax.data.loaders._build import build_dataset, check_ratings
-from iarn_jax.data.loaders._io import dates_to_unix_seconds, datetime_to_unix_seconds, read_bytes, read_delimited
+from iarn_jax.data.loaders._io import (
+    dates_to_unix_seconds,
+    datetime_to_unix_seconds,
+    read_bytes,
+    read_delimited,
+    report,
+)
 from iarn_jax.data.types import DataError, Dataset
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 REQUIRED = ("user", "item", "rating")
+# Tried in this order when no rating_scale is given: the first that holds every rating is used.
+STANDARD_SCALES = ((0.0, 1.0), (1.0, 5.0), (0.5, 5.0), (0.0, 5.0), (1.0, 10.0))
+
+
+def infer_rating_scale(ratings: np.ndarray, lines: np.ndarray, path: str, field: str) -> tuple[float, float]:
+    """The first standard scale holding every rating (printed); else DataError at the first
+    rating outside the standard scale that holds the most ratings."""
+    inside = [(ratings >= low) & (ratings <= high) for low, high in STANDARD_SCALES]
+    for scale, ok in zip(STANDARD_SCALES, inside):
+        if ok.all():
+            report(f"{path}: rating scale [{scale[0]:g}, {scale[1]:g}] (the first standard scale holding every "
+                   f"'{field}' value; pass --rating_scale=LOW,HIGH to state another)")
+            return scale
+    best = max(range(len(STANDARD_SCALES)), key=lambda k: int(inside[k].sum()))
+    row = int(np.argmax(~inside[best]))
+    low, high = STANDARD_SCALES[best]
+    raise DataError(f"{path}: line {int(lines[row])}: field '{field}': rating {float(ratings[row]):g} is outside "
+                    f"the standard rating scale [{low:g}, {high:g}] of the other ratings; fix the row, or pass "
+                    f"--rating_scale=LOW,HIGH")
 
 
 def _fail(path, lines, bad: np.ndarray, field: str, problem: str):
@@ -136,6 +163,7 @@ def load_table(
         "time": time,
         "_line": lines,
     })
-    scale = rating_scale if rating_scale is not None else (float(ratings.min()), float(ratings.max()))
+    scale = rating_scale if rating_scale is not None else infer_rating_scale(ratings, lines, source, columns["rating"])
     return build_dataset(raw, name=path.stem, sources=[source], rating_scale=scale,
-                         rating_field=columns["rating"], time_unit="seconds" if "time" in columns else "order")
+                         rating_field=columns["rating"], time_unit="seconds" if "time" in columns else "order",
+                         time_field=columns.get("time", "time"))
