@@ -219,3 +219,30 @@ def test_planted_preferences_are_ranked_first(tmp_path):
     scorer = RankingScorer.from_result(result, kept_item_universe(split))
     metrics = evaluate_ranking(scorer.score_items, split, np.arange(n_users), progress=False)
     assert metrics["auc"] >= 0.9, metrics
+
+
+@pytest.mark.parametrize("objective", ["rating", "ranking"])
+def test_factor_baseline_start_predicts_exactly_the_baseline(tiny_split, objective):
+    """factor_init="baseline": the model starts at our MF (rating) / BPR (ranking): same scores."""
+    from iarn_jax.models.baselines.bpr import BPR
+    from iarn_jax.models.baselines.mf import MF
+    from iarn_jax.training import loop
+
+    cfg = loop.complete_model_config(TINY, tiny_split)
+    model = IARN(cfg)
+    data = loop.prepare_data(tiny_split, "full_without_self")
+    batch = batching.materialize(np.arange(len(data.test)), data.test, data.user_histories, data.item_histories,
+                                 max_len=16)
+    params = model.init(jax.random.key(0), batch)["params"]
+    params, info = loop.init_from_factor_baseline(params, tiny_split, cfg, objective, seed=3)
+    pred, _ = model.apply({"params": params}, batch)
+    users, items = batch["user"].astype(np.int64), batch["item"].astype(np.int64)
+    if objective == "rating":
+        baseline = MF(factors=cfg.stationary_dim).fit(tiny_split, seed=3, verbose=False)
+        expected = baseline.predict(users, items)
+        assert info["factor_init"] == "mf"
+    else:  # BPR scores b_i + p_u . q_i; the model adds the constant mu (and b_u = 0)
+        baseline = BPR(factors=cfg.stationary_dim).fit(tiny_split, seed=3, verbose=False)
+        w = {k: np.asarray(v) for k, v in baseline.params.items()}
+        expected = w["item_bias"][items] + np.sum(w["user_factors"][users] * w["item_factors"][items], -1) + cfg.global_mean
+    np.testing.assert_allclose(np.asarray(pred), expected, rtol=1e-5, atol=1e-5)

@@ -1,7 +1,8 @@
 """The paper's comparison (Table 2, Figure 3): every method on one split, one set of metrics.
 
 * ``METHODS``: the registry, name -> :class:`Method` (how to fit it and how to score it). Table 2's
-  methods are ``TABLE2_METHODS`` (the baselines and the four IARN variants); ``bias`` and
+  methods are ``TABLE2_METHODS`` (the baselines, the four IARN variants, SASRec and IARN trained for
+  ranking; ``*_rank`` / ``iarn_joint`` train the variants with the ranking / joint objective); ``bias`` and
   ``mostpop`` are extra cheap references.
 * ``run_method``: fits one method on a split and evaluates it: test RMSE/MAE (rating models,
   predictions clipped to the rating range) and full-ranking AUC / NDCG@10 / HR@10 on the given
@@ -102,7 +103,9 @@ METHODS: dict[str, Method] = {
     "bias": _baseline("BiasOnly", "bias", "BiasBaseline"),
     "mostpop": _baseline("MostPop", "bpr", "MostPop"),
 }
-TABLE2_METHODS = ("mf", "bpr", "timesvdpp", "hievh", "item2vec", "ncf", "mp2vec", "rnn", "lstm", "tagm", "iarn")
+TABLE2_METHODS = ("mf", "bpr", "timesvdpp", "hievh", "item2vec", "ncf", "mp2vec", "rnn", "lstm", "tagm", "iarn",
+                  # beyond the paper: a modern sequential ranking peer and IARN trained for ranking
+                  "sasrec", "iarn_rank")
 
 
 def parse_methods(text: Optional[str], default: Sequence[str] = TABLE2_METHODS) -> list[str]:

@@ -350,14 +350,7 @@ class IARN(nn.Module):
         negatives; only the interacting gates, the gated scan, the head and the product run per
         pair.
         """
-        user_encoding = self.encode_user(
-            batch["user"], batch["user_history"], batch["user_history_rating"],
-            batch["user_history_mask"], deterministic=deterministic,
-        )
-        item_encoding = self.encode_item(
-            batch["item"], batch["item_history"], batch["item_history_rating"],
-            batch["item_history_mask"], deterministic=deterministic,
-        )
+        user_encoding, item_encoding = self.encode_batch(batch, deterministic=deterministic)
         negative_encoding = self.encode_item(
             batch["neg_item"], batch["neg_item_history"], batch["neg_item_history_rating"],
             batch["neg_item_history_mask"], deterministic=deterministic,
@@ -371,6 +364,11 @@ class IARN(nn.Module):
 
     def __call__(self, batch: dict, *, deterministic: bool = True) -> tuple[jax.Array, dict]:
         """batch: a dict following ``iarn_jax.data.types.BATCH_SPEC`` -> (prediction [b], aux)."""
+        user_encoding, item_encoding = self.encode_batch(batch, deterministic=deterministic)
+        return self.pair(user_encoding, item_encoding, deterministic=deterministic)
+
+    def encode_batch(self, batch: dict, *, deterministic: bool = True) -> tuple[SideEncoding, SideEncoding]:
+        """(user encoding, item encoding) of a BATCH_SPEC batch's pairs."""
         user_encoding = self.encode_user(
             batch["user"], batch["user_history"], batch["user_history_rating"],
             batch["user_history_mask"], deterministic=deterministic,
@@ -379,7 +377,7 @@ class IARN(nn.Module):
             batch["item"], batch["item_history"], batch["item_history_rating"],
             batch["item_history_mask"], deterministic=deterministic,
         )
-        return self.pair(user_encoding, item_encoding, deterministic=deterministic)
+        return user_encoding, item_encoding
 
 
 __all__ = [

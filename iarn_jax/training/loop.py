@@ -306,27 +306,36 @@ def _set_factors(params: Any, user_factors, item_factors, user_bias=None, item_b
     return params
 
 
-def init_from_mf_baseline(params: Any, split: ProtocolSplit, model_config: ModelConfig, seed: int = 0
-                          ) -> tuple[Any, dict]:
-    """Starts the model *at* the project's tuned MF baseline (``baselines.mf.MF`` with S factors, its
-    validation grid and early stopping): b_u, b_i, p_u, q_i are MF's, and the item tower's head starts
-    at 0, so <u~, v~> = 0 and the initial prediction equals MF's exactly; the recurrent towers then
-    learn the residual. Returns (params, {"factor_init": "mf", "factor_init_val_rmse"})."""
+def init_from_factor_baseline(params: Any, split: ProtocolSplit, model_config: ModelConfig, objective: str,
+                              seed: int = 0) -> tuple[Any, dict]:
+    """Starts the model *at* the project's tuned factor baseline for the objective: MF (``rating``,
+    ``joint``: b_u, b_i, p_u, q_i) or BPR (``ranking``: b_i, p_u, q_i), each with S factors, its own
+    validation grid and early stopping. The item tower's head starts at 0, so <u~, v~> = 0 and the
+    first prediction is the baseline's exactly; the recurrent towers learn the residual.
+    Returns (params, {"factor_init": "mf" | "bpr", "factor_init_val_rmse" (MF)})."""
+    from iarn_jax.models.baselines.bpr import BPR
     from iarn_jax.models.baselines.mf import MF
 
-    mf = MF(factors=model_config.stationary_dim).fit(split, seed=seed, verbose=False)
-    mf_params = {k: np.asarray(v) for k, v in mf.params.items()}
-    with_bias = model_config.bias == "global_user_item"
-    params = _set_factors(params, mf_params["user_factors"], mf_params["item_factors"],
-                          mf_params["user_bias"] if with_bias else None, mf_params["item_bias"] if with_bias else None)
+    ranking = objective == "ranking"
+    baseline = (BPR if ranking else MF)(factors=model_config.stationary_dim).fit(split, seed=seed, verbose=False)
+    weights = {k: np.asarray(v) for k, v in baseline.params.items()}
+    with_bias = model_config.bias != "none"
+    user_bias = None if ranking or not with_bias else weights["user_bias"]
+    if ranking and with_bias:  # BPR has no user bias (it cancels in a user's ranking)
+        user_bias = np.zeros(split.n_users, np.float32)
+    params = _set_factors(params, weights["user_factors"], weights["item_factors"], user_bias,
+                          weights["item_bias"] if with_bias else None)
     item = dict(params["item_tower"])
     item["head_kernel"] = jax.numpy.zeros_like(item["head_kernel"])
     item["head_bias"] = jax.numpy.zeros_like(item["head_bias"])
     params["item_tower"] = item
-    val = split.val
-    pred = mf.predict(val["user"].to_numpy(np.int64), val["item"].to_numpy(np.int64))
-    rmse = rating_metrics(np.asarray(pred), val["rating"].to_numpy(), split.rating_scale)["rmse"]
-    return params, {"factor_init": "mf", "factor_init_val_rmse": rmse}
+    info = {"factor_init": "bpr" if ranking else "mf"}
+    if not ranking:
+        val = split.val
+        pred = baseline.predict(val["user"].to_numpy(np.int64), val["item"].to_numpy(np.int64))
+        info["factor_init_val_rmse"] = rating_metrics(np.asarray(pred), val["rating"].to_numpy(),
+                                                      split.rating_scale)["rmse"]
+    return params, info
 
 
 def init_factors_from_mf(params: Any, split: ProtocolSplit, model_config: ModelConfig, regs=(0.03, 0.1, 0.3, 1.0),
@@ -490,9 +499,10 @@ def train(
     if model_config.bias != "none" and cfg.bias_init == "baseline":
         params = init_biases_from_baseline(params, split, model_config)
     factor_info: dict = {}
-    if model_config.stationary_dim and cfg.factor_init != "random" and cfg.objective in ("rating", "joint"):
-        init = init_factors_from_mf if cfg.factor_init == "als" else init_from_mf_baseline
-        params, factor_info = init(params, split, model_config, seed=cfg.seed)
+    if model_config.stationary_dim and cfg.factor_init == "baseline" and cfg.objective != "negatives_as_zero":
+        params, factor_info = init_from_factor_baseline(params, split, model_config, cfg.objective, seed=cfg.seed)
+    elif model_config.stationary_dim and cfg.factor_init == "als":
+        params, factor_info = init_factors_from_mf(params, split, model_config, seed=cfg.seed)
     state = create_train_state(params, tx, dropout_rng, mesh)
     train_step = make_train_step(apply_fn, tx, mesh, make_loss_fn(model, model_config, cfg))
     eval_step = make_eval_step(apply_fn, mesh)
