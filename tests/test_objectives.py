@@ -246,3 +246,22 @@ def test_factor_baseline_start_predicts_exactly_the_baseline(tiny_split, objecti
         w = {k: np.asarray(v) for k, v in baseline.params.items()}
         expected = w["item_bias"][items] + np.sum(w["user_factors"][users] * w["item_factors"][items], -1) + cfg.global_mean
     np.testing.assert_allclose(np.asarray(pred), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_gate_saturation_statistic_on_a_hand_made_case():
+    """Share of valid steps (of real examples) whose gate is < 0.01 or > 0.99, per side."""
+    from iarn_jax.training.step import make_gate_stats_step, make_mesh
+
+    gates = {"user": np.array([[0.005, 0.5, 0.995, 0.001], [0.2, 0.999, 0.0, 0.0]], np.float32),
+             "item": np.array([[0.3, 0.3, 0.3, 0.3], [0.001, 0.001, 0.001, 0.001]], np.float32)}
+    batch = {"weight": np.array([1.0, 1.0], np.float32),
+             "user_history_mask": np.array([[1, 1, 1, 0], [1, 1, 0, 0]], bool),  # step 4 of row 1: padding
+             "item_history_mask": np.array([[1, 1, 1, 1], [1, 1, 1, 1]], bool),
+             "user_g": gates["user"], "item_g": gates["item"]}
+    apply_fn = lambda params, b, deterministic, rngs: (None, {"user_gates": b["user_g"], "item_gates": b["item_g"]})  # noqa: E731
+    stats = np.asarray(make_gate_stats_step(apply_fn, make_mesh(jax.devices()[:1]))({}, batch))
+    # user: valid steps 0.005, 0.5, 0.995 | 0.2, 0.999 -> saturated 0.005, 0.995, 0.999 = 3 of 5
+    np.testing.assert_array_equal(stats, [[3, 5], [4, 8]])
+    batch["weight"] = np.array([1.0, 0.0], np.float32)  # a padding example counts for nothing
+    stats = np.asarray(make_gate_stats_step(apply_fn, make_mesh(jax.devices()[:1]))({}, batch))
+    np.testing.assert_array_equal(stats, [[2, 3], [0, 4]])

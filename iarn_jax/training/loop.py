@@ -499,7 +499,9 @@ def train(
     if model_config.bias != "none" and cfg.bias_init == "baseline":
         params = init_biases_from_baseline(params, split, model_config)
     factor_info: dict = {}
-    if model_config.stationary_dim and cfg.factor_init == "baseline" and cfg.objective != "negatives_as_zero":
+    start_at_baseline = ((cfg.factor_init == "baseline" and cfg.objective in ("rating", "joint"))
+                         or (cfg.factor_init == "bpr" and cfg.objective == "ranking"))
+    if model_config.stationary_dim and start_at_baseline:
         params, factor_info = init_from_factor_baseline(params, split, model_config, cfg.objective, seed=cfg.seed)
     elif model_config.stationary_dim and cfg.factor_init == "als":
         params, factor_info = init_factors_from_mf(params, split, model_config, seed=cfg.seed)
