@@ -35,28 +35,33 @@ from experiments import _output
 from iarn_jax.evaluate import comparison
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("protocol", "synthetic", ["synthetic", "clothing", "ml100k", "mlsmall"], "Named protocol.")
-flags.DEFINE_string("data_root", None, "Folder holding the datasets (default: ../shared/data).")
-flags.DEFINE_string("data", None, "Custom data as FORMAT:PATH (e.g. ml-dat:/data/ml-1m) instead of --protocol; "
-                    "needs --cut.")
-flags.DEFINE_string("cut", None, "Global time cut for --data (YYYY-MM-DD, UTC).")
-flags.DEFINE_integer("table", None, "2: the Table 2 comparison.")
-flags.DEFINE_integer("figure", None, "3: RMSE by minimum history length for RNN / LSTM / TAGM / IARN; "
-                     "4: IARN-Plain vs IARN with feature encoders.")
-flags.DEFINE_string("encoders", None, "Figure 4's encoder specs, comma-separated ('plain' = none; default: "
-                    "plain,flat:target,hier:target,hier:step on clothing, plain,flat:target,flat:step else).")
-flags.DEFINE_string("methods", None, f"Comma-separated subset of: {', '.join(comparison.METHODS)} "
-                    "(default: Table 2's methods).")
-flags.DEFINE_string("workdir", None, "Cache and outputs (default: runs/reproduce_PROTOCOL).")
-flags.DEFINE_string("results_json", None, "Write the Table 2 rows here as a JSON list.")
-flags.DEFINE_float("iarn_max_seconds", None, "Training time cap of each IARN variant (TrainConfig.max_seconds).")
-flags.DEFINE_integer("max_len", None, "History cap of the IARN variants (TrainConfig.max_len; default: protocol's).")
-flags.DEFINE_integer("n_eval_users", None, "Evaluated users (default 1000, 500 on MovieLens).")
-flags.DEFINE_integer("eval_seed", 0, "Seed of the evaluated-user sample.")
-flags.DEFINE_integer("seed", 0, "Seed of every method's initialisation and sampling.")
-flags.DEFINE_integer("split_seed", 123, "Seed of the validation split.")
-flags.DEFINE_bool("fresh", False, "Ignore (and delete) the workdir's cached methods.")
-flags.DEFINE_bool("quiet", False, "Less progress output.")
+
+
+def define_flags() -> None:
+    """The launcher's flags (defined when run as a program, so importing this module from tests or
+    notebooks does not claim flag names that another launcher defines too)."""
+    flags.DEFINE_enum("protocol", "synthetic", ["synthetic", "clothing", "ml100k", "mlsmall"], "Named protocol.")
+    flags.DEFINE_string("data_root", None, "Folder holding the datasets (default: ../shared/data).")
+    flags.DEFINE_string("data", None, "Custom data as FORMAT:PATH (e.g. ml-dat:/data/ml-1m) instead of --protocol; "
+                        "needs --cut.")
+    flags.DEFINE_string("cut", None, "Global time cut for --data (YYYY-MM-DD, UTC).")
+    flags.DEFINE_integer("table", None, "2: the Table 2 comparison.")
+    flags.DEFINE_integer("figure", None, "3: RMSE by minimum history length for RNN / LSTM / TAGM / IARN; "
+                         "4: IARN-Plain vs IARN with feature encoders.")
+    flags.DEFINE_string("encoders", None, "Figure 4's encoder specs, comma-separated ('plain' = none; default: "
+                        "plain,flat:target,hier:target,hier:step on clothing, plain,flat:target,flat:step else).")
+    flags.DEFINE_string("methods", None, f"Comma-separated subset of: {', '.join(comparison.METHODS)} "
+                        "(default: Table 2's methods).")
+    flags.DEFINE_string("workdir", None, "Cache and outputs (default: runs/reproduce_PROTOCOL).")
+    flags.DEFINE_string("results_json", None, "Write the Table 2 rows here as a JSON list.")
+    flags.DEFINE_float("iarn_max_seconds", None, "Training time cap of each IARN variant (TrainConfig.max_seconds).")
+    flags.DEFINE_integer("max_len", None, "History cap of the IARN variants (TrainConfig.max_len; default: protocol's).")
+    flags.DEFINE_integer("n_eval_users", None, "Evaluated users (default 1000, 500 on MovieLens).")
+    flags.DEFINE_integer("eval_seed", 0, "Seed of the evaluated-user sample.")
+    flags.DEFINE_integer("seed", 0, "Seed of every method's initialisation and sampling.")
+    flags.DEFINE_integer("split_seed", 123, "Seed of the validation split.")
+    flags.DEFINE_bool("fresh", False, "Ignore (and delete) the workdir's cached methods.")
+    flags.DEFINE_bool("quiet", False, "Less progress output.")
 
 
 def reproduce(protocol: str, *, split=None, data_root=None, data=None, cut=None, table=None, figure=None, methods=None,
@@ -148,4 +153,5 @@ def main(argv):
 if __name__ == "__main__":
     from experiments import _cli
 
+    define_flags()
     _cli.run_main(main)  # data / flag / run-state errors: one line, exit status 2

@@ -29,7 +29,7 @@ def test_very_long_histories_get_a_cap_and_short_ones_do_not():
 
 def test_named_protocols_keep_their_defaults(capsys):
     model, train = protocol_defaults(_split(5, 10, 20, name="ml100k"))
-    assert train["max_len"] == 64 and model["embed_dim"] == 25
+    assert train["max_len"] == 32 and model["embed_dim"] == 25 and model["stationary_dim"] == 25
     assert capsys.readouterr().out == ""  # named protocols print nothing; derived ones print their choice
     protocol_defaults(_split(5, 10, 20))
     assert "derived defaults for custom" in capsys.readouterr().out
