@@ -171,28 +171,24 @@ def _local_rows(batch: dict) -> dict:
     return {k: v[index * (len(v) // count) : (index + 1) * (len(v) // count)] for k, v in batch.items()}
 
 
+def eval_batches(pairs: Any, data: PreparedData, config: TrainConfig, batch_size: Optional[int] = None):
+    """(pair indices [B] with -1 for padding, host batch) of every batch of ``pairs`` in a fixed order,
+    histories as training sees them (``drop_self`` for "full_without_self")."""
+    plan = batching.make_batch_plan(pairs, batch_size or config.eval_batch_size, shuffle=False,
+                                    bucket_lengths=config.bucket_lengths, max_len=config.max_len)
+    for entry in plan:
+        yield np.asarray(entry.indices), batching.materialize(
+            entry, pairs, data.user_histories, data.item_histories, max_len=config.max_len,
+            drop_self=config.history_mode == "full_without_self")
+
+
 def predict_pairs(
     eval_step: Callable, params: Any, pairs: Any, data: PreparedData, config: TrainConfig, mesh
 ) -> np.ndarray:
     """Predictions [N] for every pair of a PairSet, in the PairSet's order."""
-    n = len(pairs.user)
-    out = np.zeros(n, np.float32)
-    plan = batching.make_batch_plan(
-        pairs,
-        config.eval_batch_size,
-        seed=0,
-        epoch=0,
-        shuffle=False,
-        bucket_lengths=config.bucket_lengths,
-        max_len=config.max_len,
-    )
-    for entry in plan:
-        batch = batching.materialize(
-            entry, pairs, data.user_histories, data.item_histories, max_len=config.max_len,
-            drop_self=config.history_mode == "full_without_self",
-        )
+    out = np.zeros(len(pairs.user), np.float32)
+    for idx, batch in eval_batches(pairs, data, config):
         pred = np.asarray(jax.device_get(eval_step(params, put_batch(_local_rows(batch), mesh))))
-        idx = np.asarray(entry.indices)
         valid = idx >= 0
         out[idx[valid]] = pred[valid]
     return out
@@ -267,13 +263,8 @@ def score_pairs_with_negatives(neg_eval_step: Callable, params: Any, pairs: Any,
     n_dev = mesh.devices.size
     batch_size = max(n_dev, (cfg.eval_batch_size // (1 + k)) // n_dev * n_dev)
     positive, negative = np.zeros(n, np.float32), np.zeros((n, k), np.float32)
-    plan = batching.make_batch_plan(pairs, batch_size, shuffle=False, bucket_lengths=cfg.bucket_lengths,
-                                    max_len=cfg.max_len)
-    for entry in plan:
-        idx = np.asarray(entry.indices)
+    for idx, batch in eval_batches(pairs, data, cfg, batch_size):
         valid, safe = idx >= 0, np.where(idx >= 0, idx, 0)
-        batch = batching.materialize(entry, pairs, data.user_histories, data.item_histories, max_len=cfg.max_len,
-                                     drop_self=cfg.history_mode == "full_without_self")
         batch = with_negatives(batch, negatives[safe], pairs.time[safe], data, cfg)
         pos, neg = jax.device_get(neg_eval_step(params, put_batch(_local_rows(batch), mesh)))
         positive[idx[valid]] = np.asarray(pos)[valid]
@@ -285,11 +276,7 @@ def gate_saturation(stats_step: Callable, params: Any, pairs: Any, data: Prepare
                     mesh) -> dict:
     """Share of valid history steps whose gate is < 0.01 or > 0.99, per side, over ``pairs``."""
     totals = np.zeros((2, 2))
-    plan = batching.make_batch_plan(pairs, cfg.eval_batch_size, shuffle=False, bucket_lengths=cfg.bucket_lengths,
-                                    max_len=cfg.max_len)
-    for entry in plan:
-        batch = batching.materialize(entry, pairs, data.user_histories, data.item_histories, max_len=cfg.max_len,
-                                     drop_self=cfg.history_mode == "full_without_self")
+    for _, batch in eval_batches(pairs, data, cfg):
         totals += np.asarray(jax.device_get(stats_step(params, put_batch(_local_rows(batch), mesh))))
     return {f"{side}_gates_saturated": float(totals[i, 0] / max(totals[i, 1], 1.0))
             for i, side in enumerate(("user", "item"))}
