@@ -166,6 +166,7 @@ def _ranking_config(**kw):
     return TrainConfig(**base)
 
 
+@pytest.mark.slow  # ~50 s: three short training runs
 def test_resume_with_negatives_equals_uninterrupted_run(tiny_split, tmp_path):
     from iarn_jax.training import loop
 
