@@ -33,3 +33,12 @@ def test_named_protocols_keep_their_defaults(capsys):
     assert capsys.readouterr().out == ""  # named protocols print nothing; derived ones print their choice
     protocol_defaults(_split(5, 10, 20))
     assert "derived defaults for custom" in capsys.readouterr().out
+
+
+def test_gate_options_are_left_out_for_variants_without_them():
+    from iarn_jax.models.config import ModelConfig
+
+    for variant in ("iarn", "tagm", "lstm", "rnn"):
+        model, _ = protocol_defaults(_split(5, 10, 20, name="ml100k"), variant=variant)
+        assert model.get("gate_match", False) == (variant == "iarn")
+        ModelConfig(variant=variant, **model)  # valid for every variant

@@ -159,7 +159,7 @@ def _iarn_settings(split: ProtocolSplit, variant: str, seed: int, max_seconds: O
     from iarn_jax.training.config import TrainConfig
     from iarn_jax.training.experiment import protocol_defaults
 
-    model_defaults, train_defaults = protocol_defaults(split, verbose=False)
+    model_defaults, train_defaults = protocol_defaults(split, verbose=False, variant=variant)
     model_kwargs = {**model_defaults, "variant": variant, **(model_overrides or {})}
     train_kwargs = {**train_defaults, "seed": seed, **(train_overrides or {})}
     if objective is not None:

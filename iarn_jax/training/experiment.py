@@ -88,13 +88,23 @@ def derived_defaults(split: ProtocolSplit) -> tuple[dict, dict, str]:
     return model, train_defaults, text
 
 
-def protocol_defaults(split: ProtocolSplit, verbose: bool = True) -> tuple[dict, dict]:
-    """(model, train) defaults of a named protocol, or derived from the data (printed) otherwise."""
+# gate options and the variants that have them (a protocol default never forces one on another variant)
+_GATE_OPTION_VARIANTS = {"gate_match": ("iarn",), "gate_target_embedding": ("iarn",),
+                         "gate_step_input": ("iarn", "tagm")}
+
+
+def protocol_defaults(split: ProtocolSplit, verbose: bool = True, variant: str = "iarn") -> tuple[dict, dict]:
+    """(model, train) defaults of a named protocol, or derived from the data (printed) otherwise;
+    gate options the ``variant`` does not have are left out."""
     if split.name in PROTOCOL_MODEL_DEFAULTS:
-        return dict(PROTOCOL_MODEL_DEFAULTS[split.name]), dict(PROTOCOL_TRAIN_DEFAULTS.get(split.name, {}))
-    model, train_defaults, text = derived_defaults(split)
-    if verbose:
-        print(text, flush=True)
+        model, train_defaults = dict(PROTOCOL_MODEL_DEFAULTS[split.name]), dict(PROTOCOL_TRAIN_DEFAULTS.get(split.name, {}))
+    else:
+        model, train_defaults, text = derived_defaults(split)
+        if verbose:
+            print(text, flush=True)
+    for option, variants in _GATE_OPTION_VARIANTS.items():
+        if variant not in variants:
+            model.pop(option, None)
     return model, train_defaults
 
 
@@ -205,7 +215,7 @@ def run_experiment(
     split = load_split(protocol, data_root, data=data, cut=cut, min_len=min_len, seed=split_seed,
                        rating_scale=rating_scale)
     name = split.name
-    model_defaults, train_defaults = protocol_defaults(split, verbose=verbose)
+    model_defaults, train_defaults = protocol_defaults(split, verbose=verbose, variant=model)
     model_kwargs = {**model_defaults, "variant": model, **(model_overrides or {})}
     train_kwargs = {**train_defaults, "seed": seed, **(train_overrides or {})}
     if objective is not None:
