@@ -4,6 +4,7 @@ r"""Speed benchmark of IARN (the "Speed measures" of ../shared/docs/benchmarks.m
   python -m experiments.benchmark --json     # one JSON object on stdout
   python -m experiments.benchmark --pipeline # + host pipeline: histories / plans at 1M, 3M, 10M ratings
   python -m experiments.benchmark --scale    # + sharded step on 1, 2, 4 forced host devices
+  python -m experiments.benchmark --converge # + the default Clothing IARN trained to its early stop
 
 Measured (all in this one process, so ratios are comparable on a noisy shared machine):
 
@@ -11,8 +12,11 @@ Measured (all in this one process, so ratios are comparable on a noisy shared ma
   IARN at batch 64 and 512, user and item histories padded to ``--history_len`` (50), embedding 25,
   hidden and attention 64; median over ``--repeats`` timed runs after compilation;
 * ``flops_per_example`` from :func:`iarn_jax.models.flops.flops_per_example` at the padded lengths;
-* fp32 matmul GFLOP/s of a large square matmul (jit, median);
-* efficiency = achieved train FLOP/s / matmul FLOP/s (at batch 512 and 64);
+* matmul GFLOP/s of a large square matmul in the compute dtype (jit, median; 2048 on CPU, 8192 on
+  an accelerator unless ``--matmul_size``);
+* efficiency = achieved train FLOP/s / matmul FLOP/s (at every batch size);
+* the ranking objective's train step (BPR, ``--n_negatives`` sampled negatives per positive, the
+  user side encoded once and shared): positives/s and scored pairs/s beside the rating step;
 * scorer pairs/s: one user against ``--score_candidates`` candidate items through
   ``IARN.encode_user`` / ``encode_item`` / ``pair`` in one jit function.
 """
@@ -78,14 +82,14 @@ def model_config(embed_dim=25, hidden_size=64, attention_size=64, n_users=5000, 
                        compute_dtype=compute_dtype)
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """fp32 GFLOP/s of a jit-compiled [size, size] @ [size, size] matmul (median)."""
+def matmul_gflops(size: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
+    """GFLOP/s of a jit-compiled [size, size] @ [size, size] matmul in ``dtype`` (median)."""
     import jax
     import jax.numpy as jnp
 
     key = jax.random.PRNGKey(0)
-    a = jax.random.normal(key, (size, size), jnp.float32)
-    b = jax.random.normal(jax.random.fold_in(key, 1), (size, size), jnp.float32)
+    a = jax.random.normal(key, (size, size), jnp.float32).astype(dtype)
+    b = jax.random.normal(jax.random.fold_in(key, 1), (size, size), jnp.float32).astype(dtype)
     f = jax.jit(jnp.matmul)
     f(a, b).block_until_ready()
     inner = max(1, int(2e9 / (2 * size**3)))  # ~2 GFLOP per timed run at least
@@ -97,14 +101,27 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
     return _median_rate(run, 2 * size**3 * inner, repeats) / 1e9
 
 
+def with_random_negatives(rng: np.random.Generator, batch: dict, n_negatives: int, history_len: int,
+                          n_users: int, n_items: int) -> dict:
+    """batch + ``n_negatives`` random negative items per positive with full-length histories
+    (NEGATIVE_SPEC of ``iarn_jax.data.negatives``: [B*k] ids, [B*k, history_len] histories)."""
+    rows = batch["user"].shape[0] * n_negatives
+    negatives = random_batch(rng, rows, history_len, n_users, n_items)
+    return {**batch, "neg_item": negatives["item"], "neg_item_history": negatives["item_history"],
+            "neg_item_history_rating": negatives["item_history_rating"],
+            "neg_item_history_mask": negatives["item_history_mask"]}
+
+
 def train_step_rate(config, batch_size: int, history_len: int, *, steps: int = 5, repeats: int = 5,
-                    devices: Optional[list] = None, seed: int = 0) -> float:
-    """Median train examples/s of the jit train step (after compilation)."""
+                    devices: Optional[list] = None, seed: int = 0, objective: str = "rating",
+                    n_negatives: int = 4) -> float:
+    """Median train examples/s (positives/s for objectives with sampled negatives) of the jit train
+    step (after compilation)."""
     import jax
 
     from iarn_jax.models.iarn import IARN
     from iarn_jax.training.config import TrainConfig
-    from iarn_jax.training.loop import make_apply_fn
+    from iarn_jax.training.loop import make_apply_fn, make_loss_fn
     from iarn_jax.training.optimizer import make_optimizer
     from iarn_jax.training.step import create_train_state, make_mesh, make_train_step, put_batch
 
@@ -113,9 +130,13 @@ def train_step_rate(config, batch_size: int, history_len: int, *, steps: int = 5
     model = IARN(config)
     host = random_batch(rng, batch_size, history_len, config.n_users, config.n_items)
     params = jax.jit(lambda r, b: model.init(r, b)["params"])(jax.random.PRNGKey(seed), host)
-    tx = make_optimizer(TrainConfig())
+    train_config = TrainConfig(objective=objective, n_negatives=n_negatives,
+                               history_mode="full" if objective == "rating" else "full_without_self")
+    if train_config.uses_negatives:
+        host = with_random_negatives(rng, host, n_negatives, history_len, config.n_users, config.n_items)
+    tx = make_optimizer(train_config)
     state = create_train_state(params, tx, jax.random.PRNGKey(seed + 1), mesh)
-    step = make_train_step(make_apply_fn(model), tx, mesh)
+    step = make_train_step(make_apply_fn(model), tx, mesh, loss_fn=make_loss_fn(model, config, train_config))
     batch = put_batch(host, mesh)
     holder = {"state": state}
 
@@ -160,16 +181,22 @@ def score_rate(config, n_candidates: int, history_len: int, *, repeats: int = 5,
 
 def run_speed(*, batch_sizes: Sequence[int] = (64, 512), history_len: int = 50, embed_dim: int = 25,
               hidden_size: int = 64, attention_size: int = 64, n_users: int = 5000, n_items: int = 5000,
-              steps: int = 5, repeats: int = 5, matmul_size: int = 2048, score_candidates: int = 2048,
-              compute_dtype: str = "float32") -> dict:
-    """The benchmark's speed figures as a flat dict (see the module docstring)."""
+              steps: int = 5, repeats: int = 5, matmul_size: int = 0, score_candidates: int = 2048,
+              compute_dtype: str = "float32", ranking_batch_sizes: Sequence[int] = (512,),
+              n_negatives: int = 4) -> dict:
+    """The benchmark's speed figures as a flat dict (see the module docstring).
+
+    matmul_size 0: 2048 on CPU, 8192 on an accelerator (large enough to reach its matmul rate).
+    """
     import jax
 
     from iarn_jax.models.flops import flops_per_example
 
     config = model_config(embed_dim, hidden_size, attention_size, n_users, n_items, compute_dtype=compute_dtype)
     flops = flops_per_example(config, history_len, history_len, training=True)
-    gflops = matmul_gflops(matmul_size, repeats)
+    if not matmul_size:
+        matmul_size = 2048 if jax.default_backend() == "cpu" else 8192
+    gflops = matmul_gflops(matmul_size, repeats, dtype=compute_dtype)
     out = {
         "backend": jax.default_backend(),
         "device": str(jax.devices()[0].device_kind),
@@ -177,13 +204,21 @@ def run_speed(*, batch_sizes: Sequence[int] = (64, 512), history_len: int = 50, 
         "history_len": history_len, "embed_dim": embed_dim, "hidden_size": hidden_size,
         "attention_size": attention_size, "compute_dtype": compute_dtype,
         "flops_per_example": flops,
+        "matmul_size": matmul_size,
         "matmul_gflops": gflops,
+        "matmul_precision": str(jax.config.jax_default_matmul_precision),
     }
     for b in batch_sizes:
         rate = train_step_rate(config, b, history_len, steps=steps, repeats=repeats)
         out[f"train_examples_per_second_b{b}"] = rate
         out[f"train_gflops_b{b}"] = rate * flops / 1e9
         out[f"efficiency_b{b}"] = rate * flops / (gflops * 1e9)
+    for b in ranking_batch_sizes:
+        rate = train_step_rate(config, b, history_len, steps=steps, repeats=repeats, objective="ranking",
+                               n_negatives=n_negatives)
+        out[f"ranking_positives_per_second_b{b}"] = rate  # each with n_negatives scored negatives
+        out[f"ranking_pairs_per_second_b{b}"] = rate * (1 + n_negatives)
+    out["n_negatives"] = n_negatives
     out["score_candidates"] = score_candidates
     out["score_pairs_per_second"] = score_rate(config, score_candidates, history_len, repeats=repeats)
     return out
@@ -317,6 +352,28 @@ def run_epoch(protocol: str = "clothing", data_root: Optional[str] = None, batch
             "host_batch_ms": 1e3 * build_s / k, "compile_seconds": compile_s}
 
 
+# -- converged default run ----------------------------------------------------------------------------
+
+def run_converge(protocol: str = "clothing", data_root: Optional[str] = None, seed: int = 0,
+                 workdir: Optional[str] = None) -> dict:
+    """Trains the launcher's default IARN on ``protocol`` (its protocol defaults, rating objective) to
+    its early stop and reports wall seconds (data loading, compilation and evaluation included),
+    epochs, the stop reason and the test RMSE. Training output goes to stderr."""
+    import contextlib
+
+    from iarn_jax.training.experiment import run_experiment
+
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):
+        metrics, _ = run_experiment(protocol, data_root=data_root, model="iarn", seed=seed, workdir=workdir,
+                                    overwrite=workdir is not None, baselines=(), ranking_eval=False)
+    return {"protocol": protocol, "seed": seed, "wall_seconds": time.perf_counter() - t0,
+            "train_wall_seconds": metrics.get("wall_seconds"), "epochs": metrics.get("epochs"),
+            "stop_reason": metrics.get("stop_reason"), "test_rmse": metrics["test_rmse"],
+            "val_rmse": metrics.get("val_rmse"),
+            "train_examples_per_second": metrics.get("train_examples_per_second")}
+
+
 # -- scaling over forced host devices ---------------------------------------------------------------
 
 _SCALE_CHILD = r"""
@@ -369,12 +426,15 @@ def main(argv):
         batch_sizes=[int(b) for b in F.batch_sizes], history_len=F.history_len, embed_dim=F.embed_dim,
         hidden_size=F.hidden_size, attention_size=F.attention_size, n_users=F.n_users, n_items=F.n_items,
         steps=F.steps, repeats=F.repeats, matmul_size=F.matmul_size, score_candidates=F.score_candidates,
-        compute_dtype=F.compute_dtype,
+        compute_dtype=F.compute_dtype, ranking_batch_sizes=[int(b) for b in F.ranking_batch_sizes],
+        n_negatives=F.n_negatives,
     )
     if F.pipeline:
         result["pipeline"] = run_pipeline([int(s) for s in F.pipeline_sizes])
     if F.epoch:
         result["epoch"] = run_epoch(F.epoch, F.data_root, F.epoch_batch_size, F.epoch_steps or None)
+    if F.converge:
+        result["converge"] = run_converge(F.converge_protocol, F.data_root, F.seed)
     if F.scale:
         result["scale"] = run_scale([int(n) for n in F.scale_devices])
     print(json.dumps(result, sort_keys=True) if F.json else format_table(result), flush=True)
@@ -393,15 +453,20 @@ def _define_flags():
     flags.DEFINE_integer("n_items", 5000, "Item table size.")
     flags.DEFINE_integer("steps", 5, "Train steps per timed run.")
     flags.DEFINE_integer("repeats", 5, "Timed runs (the median is reported).")
-    flags.DEFINE_integer("matmul_size", 2048, "Side of the square fp32 matmul.")
+    flags.DEFINE_integer("matmul_size", 0, "Side of the square matmul (0: 2048 on CPU, 8192 on an accelerator).")
+    flags.DEFINE_list("ranking_batch_sizes", ["512"], "Batch sizes (positives) of the ranking-objective step.")
+    flags.DEFINE_integer("n_negatives", 4, "Sampled negatives per positive in the ranking-objective step.")
     flags.DEFINE_integer("score_candidates", 2048, "Candidates scored against one user.")
     flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "Matmul input dtype.")
     flags.DEFINE_bool("pipeline", False, "Also time histories + batch plans on synthetic ratings.")
     flags.DEFINE_list("pipeline_sizes", ["1000000", "3000000", "10000000"], "Rating counts for --pipeline.")
     flags.DEFINE_string("epoch", None, "Also run a real training loop on this protocol (e.g. clothing).")
-    flags.DEFINE_string("data_root", None, "Data root for --epoch.")
+    flags.DEFINE_string("data_root", None, "Data root for --epoch and --converge.")
     flags.DEFINE_integer("epoch_steps", 0, "Steps of the --epoch loop (0: a whole epoch).")
     flags.DEFINE_integer("epoch_batch_size", 64, "Batch size of the --epoch loop.")
+    flags.DEFINE_bool("converge", False, "Also train the default IARN of --converge_protocol to its early stop.")
+    flags.DEFINE_string("converge_protocol", "clothing", "Protocol of --converge.")
+    flags.DEFINE_integer("seed", 0, "Seed of --converge.")
     flags.DEFINE_bool("scale", False, "Also time the sharded step on forced host devices.")
     flags.DEFINE_list("scale_devices", ["1", "2", "4"], "Device counts for --scale.")
 

@@ -9,13 +9,12 @@ import sys
 import pytest
 
 from experiments import benchmark
-from iarn_jax.models.flops import flops_per_example
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 KEYS = ("train_examples_per_second_b64", "train_examples_per_second_b512", "flops_per_example",
-        "matmul_gflops", "efficiency_b512", "score_pairs_per_second")
+        "matmul_gflops", "efficiency_b512", "score_pairs_per_second", "ranking_positives_per_second_b8")
 TINY = ["--batch_sizes=64,512", "--history_len=4", "--embed_dim=4", "--hidden_size=4", "--attention_size=4",
-        "--n_users=30", "--n_items=30", "--steps=1", "--repeats=1", "--matmul_size=64", "--score_candidates=16"]
+        "--n_users=30", "--n_items=30", "--steps=1", "--repeats=1", "--matmul_size=64", "--score_candidates=16", "--ranking_batch_sizes=8", "--n_negatives=3"]
 
 
 def test_benchmark_json_has_the_keys_and_consistent_values():
@@ -25,11 +24,28 @@ def test_benchmark_json_has_the_keys_and_consistent_values():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     for key in KEYS:
         assert result[key] > 0, key
-    config = benchmark.model_config(4, 4, 4, 30, 30)
-    assert result["flops_per_example"] == flops_per_example(config, 4, 4, training=True)
+    # hand count, one side (d = 4 + rating = 5, A = H = 4, K = 4A = 16, t = 4): bi-RNN 2*4*(5*4 + 4*4) = 288,
+    # M1 4*8*16 = 512, M2 8*16 = 128, score 4*16 = 64, gated layer 4*(5*4 + 4*4) = 144, head 16 -> 1152;
+    # two sides + the inner product (4) = 2308 multiply-adds, x 2 FLOPs x 3 (training) = 13848
+    assert result["flops_per_example"] == 13848
+    assert result["matmul_size"] == 64 and result["n_negatives"] == 3
+    assert result["ranking_pairs_per_second_b8"] == pytest.approx(4 * result["ranking_positives_per_second_b8"])
     for b in (64, 512):
         achieved = result[f"train_examples_per_second_b{b}"] * result["flops_per_example"]
         assert result[f"efficiency_b{b}"] == pytest.approx(achieved / (result["matmul_gflops"] * 1e9), rel=1e-6)
+
+
+def test_ranking_benchmark_batch_follows_the_negative_spec():
+    import numpy as np
+
+    from iarn_jax.data.negatives import NEGATIVE_SPEC
+
+    rng = np.random.default_rng(0)
+    batch = benchmark.with_random_negatives(rng, benchmark.random_batch(rng, 6, 5, 20, 30), 4, 5, 20, 30)
+    assert set(NEGATIVE_SPEC) <= set(batch)
+    assert batch["neg_item"].shape == (24,) and batch["neg_item_history"].shape == (24, 5)
+    assert batch["neg_item"].max() < 30 and batch["neg_item_history"].max() < 20  # items, then their users
+    assert batch["neg_item_history_mask"].all()  # full-length histories: the padded workload
 
 
 def test_random_batch_is_left_aligned_and_table_prints():
