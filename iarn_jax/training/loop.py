@@ -356,7 +356,7 @@ def train(
             f"resumed from step {step} (epoch {run.position.epoch}, batch {run.position.batch})")
     train_step = make_train_step(make_apply_fn(model), tx, mesh, make_loss_fn(model, model_config, cfg))
     runner = StepRunner(train_step, data, cfg, mesh, log, sampler, step=int(run.state.step))
-    eval_every = cfg.eval_every or steps_per_epoch(data, cfg)
+    eval_every = cfg.eval_every or _steps_per_epoch(data, cfg)
     _log_start(log, data, cfg, model_config, mesh)
     session_start = time.time() - run.position.elapsed
 
@@ -444,13 +444,13 @@ def _final_metrics(run: RunState, validator: Validator, split: ProtocolSplit, cf
     return {**metrics, **{k: v for k, v in final.items() if k.endswith("_gates_saturated")}}
 
 
-def steps_per_epoch(data: PreparedData, cfg: TrainConfig) -> int:
+def _steps_per_epoch(data: PreparedData, cfg: TrainConfig) -> int:
     return -(-len(data.train.user) // cfg.batch_size)
 
 
 def _log_start(log: "_Logger", data: PreparedData, cfg: TrainConfig, model_config: ModelConfig, mesh) -> None:
     n_train, n_val, n_test, n_dev = len(data.train.user), len(data.val.user), len(data.test.user), mesh.devices.size
-    per_epoch = steps_per_epoch(data, cfg)
+    per_epoch = _steps_per_epoch(data, cfg)
     log({"event": "start", "n_train": n_train, "n_val": n_val, "n_test": n_test, "devices": n_dev,
          "model": model_config.variant, "steps_per_epoch": per_epoch,
          "total_steps": min(cfg.max_steps, cfg.max_epochs * per_epoch)},
