@@ -19,7 +19,7 @@ Nothing given and no cluster recognised: a single process, and nothing is initia
 
 After initialisation ``jax.devices()`` lists every process's devices; ``training.step.make_mesh``
 builds the data-parallel mesh over all of them, each process reads its own rows of every global
-batch (``training.loop._local_rows``), parameters stay replicated, orbax writes checkpoints
+batch (``training.input_pipeline.local_rows``), parameters stay replicated, orbax writes checkpoints
 collectively and JSON files are written by process 0 only.
 """
 from __future__ import annotations

@@ -167,12 +167,14 @@ def _ranking_config(**kw):
 
 
 @pytest.mark.slow  # ~50 s: three short training runs
-def test_resume_with_negatives_equals_uninterrupted_run(tiny_split, tmp_path):
+def test_resume_with_negatives_equals_uninterrupted_run(tiny_split, tmp_path, monkeypatch):
     from iarn_jax.training import loop
 
     cfg = _ranking_config()
     full = loop.train(tiny_split, TINY, cfg, workdir=tmp_path / "full", verbose=False)
-    loop.train(tiny_split, TINY, cfg, workdir=tmp_path / "part", verbose=False, stop_after_steps=10)
+    with monkeypatch.context() as patch:  # interrupted right after the step-10 checkpoint
+        patch.setattr(loop, "_STOP_AFTER_STEPS", 10)
+        loop.train(tiny_split, TINY, cfg, workdir=tmp_path / "part", verbose=False)
     resumed = loop.train(tiny_split, TINY, cfg, workdir=tmp_path / "part", verbose=False, resume=True)
     for a, b in zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(resumed.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -417,7 +417,9 @@ def finished(tiny, tmp_path_factory):
     split, model, cfg = tiny
     root = tmp_path_factory.mktemp("state")
     loop.train(split, model, cfg, workdir=root / "finished", verbose=False)
-    loop.train(split, model, cfg, workdir=root / "partial", verbose=False, stop_after_steps=10)
+    with pytest.MonkeyPatch.context() as patch:  # interrupted right after the step-10 checkpoint
+        patch.setattr(loop, "_STOP_AFTER_STEPS", 10)
+        loop.train(split, model, cfg, workdir=root / "partial", verbose=False)
     return root
 
 
@@ -572,11 +574,11 @@ def test_output_paths_and_workdir_are_checked_before_training(tmp_path):
 
 
 def test_nan_validation_metric_stops_and_names_the_last_good_checkpoint(tiny, tmp_path, monkeypatch):
-    from iarn_jax.training import loop
+    from iarn_jax.training import evaluation, loop
     from iarn_jax.training.run_records import DivergenceError
 
     split, model, cfg = tiny
-    real = loop.rating_metrics
+    real = evaluation.rating_metrics
     calls = {"n": 0}
 
     def poisoned(pred, target, scale):
@@ -584,7 +586,7 @@ def test_nan_validation_metric_stops_and_names_the_last_good_checkpoint(tiny, tm
         out = real(pred, target, scale)
         return {**out, "rmse": float("nan")} if calls["n"] == 2 else out
 
-    monkeypatch.setattr(loop, "rating_metrics", poisoned)
+    monkeypatch.setattr(evaluation, "rating_metrics", poisoned)
     with pytest.raises(DivergenceError) as info:
         loop.train(split, model, cfg, workdir=tmp_path / "w", verbose=False)
     message = str(info.value)

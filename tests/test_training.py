@@ -52,19 +52,6 @@ def test_optimizer_matches_torch_rmsprop_with_elementwise_clip():
     assert get_learning_rate(state) == pytest.approx(4e-4)
 
 
-def test_schedule_decays_restores_and_stops():
-    cfg = TrainConfig(decay_patience=2, stop_patience=5)
-    sched = {"best_val": np.inf, "best_step": 0, "bad": 0, "decay_bad": 0, "evals": 0, "done": False}
-    vals = [1.0, 0.9, 0.95, 0.96, 0.97, 0.98, 0.99]
-    decays = []
-    for step, v in enumerate(vals, start=1):
-        loop._schedule_after_eval(sched, v, step, cfg)
-        decays.append(sched.pop("decay_now", False))
-    assert sched["best_val"] == 0.9 and sched["best_step"] == 2
-    assert decays == [False, False, False, True, False, True, False]
-    assert sched["done"] and sched["reason"] == "patience"
-
-
 def _fixed_batch(split, batch_size=32):
     data = loop.prepare_data(split)
     plan = batching.make_batch_plan(data.train, batch_size, seed=0, epoch=0)
@@ -99,11 +86,12 @@ def _tiny_train_config(**kw):
     return TrainConfig(**{**base, **kw})
 
 
-def test_resume_after_interruption_matches_uninterrupted(small_split, tmp_path):
+def test_resume_after_interruption_matches_uninterrupted(small_split, tmp_path, monkeypatch):
     cfg = _tiny_train_config()
     full = loop.train(small_split, TINY_MODEL, cfg, workdir=tmp_path / "full", verbose=False)
-    part = loop.train(small_split, TINY_MODEL, cfg, workdir=tmp_path / "resumed", verbose=False,
-                      stop_after_steps=20)
+    with monkeypatch.context() as patch:  # interrupted right after the step-20 checkpoint
+        patch.setattr(loop, "_STOP_AFTER_STEPS", 20)
+        part = loop.train(small_split, TINY_MODEL, cfg, workdir=tmp_path / "resumed", verbose=False)
     assert part.metrics == {"interrupted_at": 20}
     resumed = loop.train(small_split, TINY_MODEL, cfg, workdir=tmp_path / "resumed", verbose=False, resume=True)
     for a, b in zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(resumed.params)):

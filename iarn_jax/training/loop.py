@@ -5,6 +5,11 @@ Typical use (also what ``python -m experiments.train`` does)::
     split = iarn_jax.data.protocols.load_protocol("ml100k", data_root)
     result = train(split, ModelConfig(variant="iarn"), TrainConfig(), workdir="runs/ml100k")
     preds = predict(result, split.test)
+
+:func:`train` composes the pieces of ``iarn_jax.training``: ``input_pipeline`` (pair sets, batches,
+negatives), ``runner`` (train steps over an epoch), ``evaluation`` (validation and final metrics),
+``schedule`` (lr decay / early stopping) and ``run_state`` (checkpoints and resume). This module
+also holds the model's initialisation (bias / factor starts), the loss and the log.
 """
 from __future__ import annotations
 
@@ -12,40 +17,36 @@ import dataclasses
 import json
 import math
 import pathlib
-import queue
-import threading
 import time
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
 import pandas as pd
 
 from iarn_jax.data import batching, histories
-from iarn_jax.data.negatives import NegativeSampler, materialize_negatives, negative_rng
 from iarn_jax.data.types import ProtocolSplit
 from iarn_jax.models.config import ModelConfig
 from iarn_jax.models.iarn import IARN
 from iarn_jax.progress import Progress, bars_enabled, format_seconds
-from iarn_jax.training import checkpoint, run_records
+from iarn_jax.training import checkpoint, run_records, run_state, schedule as schedule_lib
 from iarn_jax.training.config import TrainConfig
+# Re-exported: other modules, launchers and tests import these names from loop.
+from iarn_jax.training.evaluation import (Validator, gate_saturation, make_validator,  # noqa: F401
+                                          predict_pairs, rating_metrics, score_pairs_with_negatives,
+                                          validation_negatives)
+from iarn_jax.training.input_pipeline import (PreparedData, eval_batches, make_negative_sampler,  # noqa: F401
+                                              prefetch, prepare_data, with_negatives)
+from iarn_jax.training.input_pipeline import local_rows as _local_rows  # noqa: F401
+from iarn_jax.training.objectives import objective_loss
 from iarn_jax.training.optimizer import get_learning_rate, make_optimizer, set_learning_rate
-from iarn_jax.training.objectives import objective_loss, sampled_auc
-from iarn_jax.training.step import (create_train_state, make_eval_step, make_gate_stats_step, make_mesh,
-                                    make_negative_eval_step, make_train_step, put_batch)
+from iarn_jax.training.run_state import RunState
+from iarn_jax.training.runner import StepRunner
+from iarn_jax.training.step import create_train_state, make_apply_fn, make_eval_step, make_mesh, make_train_step
 
-
-@dataclasses.dataclass
-class PreparedData:
-    """Histories and pair sets of one split, ready for batching."""
-
-    split: ProtocolSplit
-    user_histories: Any
-    item_histories: Any
-    train: Any
-    val: Any
-    test: Any
-    history_mode: str
+# Test hook: train() returns right after the checkpoint at or after this many steps, as an interrupted
+# run would stop (tests set it with monkeypatch, then resume).
+_STOP_AFTER_STEPS: Optional[int] = None
 
 
 @dataclasses.dataclass
@@ -71,27 +72,6 @@ def build_model(model_config: ModelConfig, split: ProtocolSplit) -> IARN:
     from iarn_jax.models.features import feature_data_for
 
     return IARN(model_config, feature_data=feature_data_for(model_config, split.dataset))
-
-
-def prepare_data(split: ProtocolSplit, history_mode: str = "full") -> PreparedData:
-    """Builds CSR histories from the split's training-period interactions and the pair sets.
-
-    Training pairs see their history in `history_mode`; validation pairs too (they
-    are training-period interactions); test pairs always see the whole training
-    history.
-    """
-    uh, ih = histories.build_histories(split.history, split.n_users, split.n_items)
-    # "full_without_self" pairs record their own step like "full"; the batcher then drops it
-    pair_mode = "full" if history_mode == "full_without_self" else history_mode
-    return PreparedData(
-        split=split,
-        user_histories=uh,
-        item_histories=ih,
-        train=histories.make_pairs(split.train, uh, ih, mode=pair_mode),
-        val=histories.make_pairs(split.val, uh, ih, mode=pair_mode),
-        test=histories.make_pairs(split.test, uh, ih, mode="full"),
-        history_mode=history_mode,
-    )
 
 
 def complete_model_config(model_config: ModelConfig, split: ProtocolSplit) -> ModelConfig:
@@ -128,79 +108,6 @@ def init_biases_from_baseline(params: Any, split: ProtocolSplit, model_config: M
     return params
 
 
-def make_apply_fn(model: IARN) -> Callable:
-    def apply_fn(params, batch, deterministic, rngs):
-        return model.apply({"params": params}, batch, deterministic=deterministic, rngs=rngs)
-
-    return apply_fn
-
-
-def prefetch(iterator: Iterable, size: int) -> Iterator:
-    """Runs `iterator` in a background thread, `size` items ahead (0 = inline)."""
-    if size <= 0:
-        yield from iterator
-        return
-    buffer: queue.Queue = queue.Queue(maxsize=size)
-    done = object()
-
-    def worker():
-        try:
-            for item in iterator:
-                buffer.put(item)
-        except BaseException as exc:  # surfaced in the consumer
-            buffer.put(exc)
-        buffer.put(done)
-
-    thread = threading.Thread(target=worker, daemon=True)
-    thread.start()
-    while True:
-        item = buffer.get()
-        if item is done:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        yield item
-
-
-def _local_rows(batch: dict) -> dict:
-    """This process's rows of a global host batch (all rows with one process)."""
-    count, index = jax.process_count(), jax.process_index()
-    if count == 1:
-        return batch
-    # per array: the negatives' arrays have k rows per positive, contiguous, so they split the same way
-    return {k: v[index * (len(v) // count) : (index + 1) * (len(v) // count)] for k, v in batch.items()}
-
-
-def eval_batches(pairs: Any, data: PreparedData, config: TrainConfig, batch_size: Optional[int] = None):
-    """(pair indices [B] with -1 for padding, host batch) of every batch of ``pairs`` in a fixed order,
-    histories as training sees them (``drop_self`` for "full_without_self")."""
-    plan = batching.make_batch_plan(pairs, batch_size or config.eval_batch_size, shuffle=False,
-                                    bucket_lengths=config.bucket_lengths, max_len=config.max_len)
-    for entry in plan:
-        yield np.asarray(entry.indices), batching.materialize(
-            entry, pairs, data.user_histories, data.item_histories, max_len=config.max_len,
-            drop_self=config.history_mode == "full_without_self")
-
-
-def predict_pairs(
-    eval_step: Callable, params: Any, pairs: Any, data: PreparedData, config: TrainConfig, mesh
-) -> np.ndarray:
-    """Predictions [N] for every pair of a PairSet, in the PairSet's order."""
-    out = np.zeros(len(pairs.user), np.float32)
-    for idx, batch in eval_batches(pairs, data, config):
-        pred = np.asarray(jax.device_get(eval_step(params, put_batch(_local_rows(batch), mesh))))
-        valid = idx >= 0
-        out[idx[valid]] = pred[valid]
-    return out
-
-
-def rating_metrics(pred: np.ndarray, target: np.ndarray, rating_scale) -> dict:
-    """RMSE and MAE of predictions clipped to the rating scale."""
-    clipped = np.clip(pred, *rating_scale)
-    err = clipped - np.asarray(target, np.float32)
-    return {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err)))}
-
-
 def factor_penalty(params: Any, batch: dict) -> jax.Array:
     """Weighted mean over the batch's positives of ||p_u||^2 + ||q_i||^2 (+ the mean ||q_j||^2 of its
     sampled negatives): the per-example L2 of SGD matrix factorisation."""
@@ -234,52 +141,6 @@ def make_loss_fn(model: IARN, model_config: ModelConfig, cfg: TrainConfig) -> Ca
         return loss
 
     return loss_fn
-
-
-def make_negative_sampler(data: PreparedData, cfg: TrainConfig) -> NegativeSampler:
-    """Negatives among the items of the training and validation pairs that the user never rated in the
-    training period (uniform or popularity ** alpha, counts = training-period events)."""
-    pool = np.union1d(data.train.item, data.val.item)
-    return NegativeSampler(data.user_histories, data.split.n_items, data.item_histories.lengths, pool=pool,
-                           distribution=cfg.negative_distribution, alpha=cfg.negative_alpha)
-
-
-def with_negatives(batch: dict, negatives: np.ndarray, times: np.ndarray, data: PreparedData,
-                   cfg: TrainConfig) -> dict:
-    """batch + the padded histories of its negatives [B, k] (drawn for positives at ``times`` [B])."""
-    return {**batch, **materialize_negatives(negatives, times, data.item_histories, history_mode=cfg.history_mode,
-                                             max_len=cfg.max_len, bucket_lengths=cfg.bucket_lengths)}
-
-
-def validation_negatives(sampler: NegativeSampler, pairs: Any, count: int) -> np.ndarray:
-    """[N, count] fixed negatives of the validation pairs (the same for every training seed)."""
-    return sampler.sample(pairs.user, count, np.random.default_rng([0, 0x56414C]))
-
-
-def score_pairs_with_negatives(neg_eval_step: Callable, params: Any, pairs: Any, negatives: np.ndarray,
-                               data: PreparedData, cfg: TrainConfig, mesh) -> tuple[np.ndarray, np.ndarray]:
-    """(positive [N], negative [N, k]) scores of every pair of ``pairs`` and its negatives [N, k]."""
-    n, k = negatives.shape
-    n_dev = mesh.devices.size
-    batch_size = max(n_dev, (cfg.eval_batch_size // (1 + k)) // n_dev * n_dev)
-    positive, negative = np.zeros(n, np.float32), np.zeros((n, k), np.float32)
-    for idx, batch in eval_batches(pairs, data, cfg, batch_size):
-        valid, safe = idx >= 0, np.where(idx >= 0, idx, 0)
-        batch = with_negatives(batch, negatives[safe], pairs.time[safe], data, cfg)
-        pos, neg = jax.device_get(neg_eval_step(params, put_batch(_local_rows(batch), mesh)))
-        positive[idx[valid]] = np.asarray(pos)[valid]
-        negative[idx[valid]] = np.asarray(neg)[valid]
-    return positive, negative
-
-
-def gate_saturation(stats_step: Callable, params: Any, pairs: Any, data: PreparedData, cfg: TrainConfig,
-                    mesh) -> dict:
-    """Share of valid history steps whose gate is < 0.01 or > 0.99, per side, over ``pairs``."""
-    totals = np.zeros((2, 2))
-    for _, batch in eval_batches(pairs, data, cfg):
-        totals += np.asarray(jax.device_get(stats_step(params, put_batch(_local_rows(batch), mesh))))
-    return {f"{side}_gates_saturated": float(totals[i, 0] / max(totals[i, 1], 1.0))
-            for i, side in enumerate(("user", "item"))}
 
 
 def _set_factors(params: Any, user_factors, item_factors, user_bias=None, item_bias=None) -> Any:
@@ -421,6 +282,30 @@ class _Logger:
             self.bar = None
 
 
+
+def init_params(model: IARN, split: ProtocolSplit, data: PreparedData, cfg: TrainConfig,
+                rng: jax.Array) -> tuple[Any, dict]:
+    """Initial parameters: Flax init on the first training batch, then the configured bias and factor
+    starts (``cfg.bias_init``, ``cfg.factor_init``). Returns (params, factor_info: {} or the factor
+    start's record, e.g. {"factor_init": "mf", "factor_init_val_rmse": ...})."""
+    model_config = model.config
+    first = batching.materialize(
+        batching.make_batch_plan(data.train, cfg.batch_size, seed=cfg.seed, epoch=0,
+                                 bucket_lengths=cfg.bucket_lengths, max_len=cfg.max_len)[0],
+        data.train, data.user_histories, data.item_histories, max_len=cfg.max_len,
+    )
+    params = jax.jit(lambda r, b: model.init(r, b, deterministic=True)["params"])(rng, first)
+    if model_config.bias != "none" and cfg.bias_init == "baseline":
+        params = init_biases_from_baseline(params, split, model_config)
+    start_at_baseline = ((cfg.factor_init == "baseline" and cfg.objective in ("rating", "joint"))
+                         or (cfg.factor_init == "bpr" and cfg.objective == "ranking"))
+    if model_config.stationary_dim and start_at_baseline:
+        return init_from_factor_baseline(params, split, model_config, cfg.objective, seed=cfg.seed)
+    if model_config.stationary_dim and cfg.factor_init == "als":
+        return init_factors_from_mf(params, split, model_config, seed=cfg.seed)
+    return params, {}
+
+
 def train(
     split: ProtocolSplit,
     model_config: ModelConfig = ModelConfig(),
@@ -431,7 +316,6 @@ def train(
     verbose: bool = True,
     data: Optional[PreparedData] = None,
     devices: Optional[list] = None,
-    stop_after_steps: Optional[int] = None,
     overwrite: bool = False,
 ) -> TrainResult:
     """Trains a model on split.train with early stopping on split.val; scores split.test.
@@ -440,8 +324,6 @@ def train(
       memory only, no resume).
     resume: continue from workdir's latest checkpoint; with the same seed and
       configs the result equals an uninterrupted run.
-    stop_after_steps: simulate an interruption (testing): return right after the
-      checkpoint at or after this many steps.
     overwrite: replace a run already in workdir (without it, or resume, a workdir
       holding a run is refused; see iarn_jax.training.run_records).
     """
@@ -452,280 +334,150 @@ def train(
     if len(data.train.user) == 0 or len(data.val.user) == 0:
         raise ValueError(f"protocol {split.name!r}: empty training or validation split")
     workdir = pathlib.Path(workdir) if workdir is not None else None
-    ckpt_dir = workdir / "checkpoints" if workdir is not None else None
-    if workdir is not None:  # checks the workdir (resume / overwrite) before config.json is written
-        run_records.prepare_workdir(
-            workdir,
-            {
-                "protocol": split.name,
-                "model": dataclasses.asdict(model_config),
-                "train": dataclasses.asdict(cfg),
-                "min_len": split.min_len,
-                "split_seed": split.seed,
-            },
-            resume=resume, overwrite=overwrite, ckpt_dir=ckpt_dir,
-        )
+    ckpt_dir = run_state.open_workdir(workdir, split, model_config, cfg, resume=resume, overwrite=overwrite)
     log = _Logger(workdir, verbose)
 
     mesh = make_mesh(devices)
-    n_dev = mesh.devices.size
-    if cfg.batch_size % n_dev or cfg.eval_batch_size % n_dev:
-        raise ValueError(f"batch sizes ({cfg.batch_size}, {cfg.eval_batch_size}) must divide over {n_dev} devices")
+    if cfg.batch_size % mesh.devices.size or cfg.eval_batch_size % mesh.devices.size:
+        raise ValueError(f"batch sizes ({cfg.batch_size}, {cfg.eval_batch_size}) must divide over "
+                         f"{mesh.devices.size} devices")
     model = build_model(model_config, split)
-    apply_fn = make_apply_fn(model)
     tx = make_optimizer(cfg)
-
-    root = jax.random.PRNGKey(cfg.seed)
-    init_rng, dropout_rng = jax.random.split(root)
-    first = batching.materialize(
-        batching.make_batch_plan(data.train, cfg.batch_size, seed=cfg.seed, epoch=0,
-                                 bucket_lengths=cfg.bucket_lengths, max_len=cfg.max_len)[0],
-        data.train, data.user_histories, data.item_histories, max_len=cfg.max_len,
-    )
-    params = jax.jit(lambda r, b: model.init(r, b, deterministic=True)["params"])(init_rng, first)
-    if model_config.bias != "none" and cfg.bias_init == "baseline":
-        params = init_biases_from_baseline(params, split, model_config)
-    factor_info: dict = {}
-    start_at_baseline = ((cfg.factor_init == "baseline" and cfg.objective in ("rating", "joint"))
-                         or (cfg.factor_init == "bpr" and cfg.objective == "ranking"))
-    if model_config.stationary_dim and start_at_baseline:
-        params, factor_info = init_from_factor_baseline(params, split, model_config, cfg.objective, seed=cfg.seed)
-    elif model_config.stationary_dim and cfg.factor_init == "als":
-        params, factor_info = init_factors_from_mf(params, split, model_config, seed=cfg.seed)
+    init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
+    params, factor_info = init_params(model, split, data, cfg, init_rng)
     state = create_train_state(params, tx, dropout_rng, mesh)
-    train_step = make_train_step(apply_fn, tx, mesh, make_loss_fn(model, model_config, cfg))
-    eval_step = make_eval_step(apply_fn, mesh)
-    metric_name = cfg.selection_metric  # "rmse" (lower is better) or "auc" (higher)
-    rates = cfg.objective != "ranking"  # objectives whose predictions are ratings
-    sampler = make_negative_sampler(data, cfg) if (cfg.uses_negatives or metric_name == "auc") else None
-    neg_eval_step = val_negatives = None
-    if sampler is not None:
-        neg_eval_step = make_negative_eval_step(
-            lambda params, batch: model.apply({"params": params}, batch, deterministic=True,
-                                              method=IARN.score_with_negatives)[:2], mesh)
-        val_negatives = validation_negatives(sampler, data.val, cfg.val_negatives)
-    drop_self = cfg.history_mode == "full_without_self"
+    sampler = make_negative_sampler(data, cfg) if (cfg.uses_negatives or cfg.selection_metric == "auc") else None
+    validator = make_validator(model, data, cfg, mesh, sampler)
+    run = RunState(state, _copy(state.params))
+    restored = run_state.restore(ckpt_dir, run) if resume else None
+    if restored is not None:
+        run, step = restored
+        log({"event": "resume", "step": step},
+            f"resumed from step {step} (epoch {run.position.epoch}, batch {run.position.batch})")
+    train_step = make_train_step(make_apply_fn(model), tx, mesh, make_loss_fn(model, model_config, cfg))
+    runner = StepRunner(train_step, data, cfg, mesh, log, sampler, step=int(run.state.step))
+    eval_every = cfg.eval_every or _steps_per_epoch(data, cfg)
+    _log_start(log, data, cfg, model_config, mesh)
+    session_start = time.time() - run.position.elapsed
 
-    # Schedule state (plain Python; checkpointed in progress.json).
-    sched = {"epoch": 0, "batch": 0, "best_val": math.inf, "best_step": 0, "bad": 0, "decay_bad": 0,
-             "evals": 0, "done": False, "reason": "", "elapsed": 0.0, "examples": 0, "train_seconds": 0.0}
-    best_params = _copy(state.params)
-    if resume and ckpt_dir is not None:
-        progress = checkpoint.load_progress(ckpt_dir)
-        if progress is not None:
-            tree = checkpoint.restore_tree(ckpt_dir / progress["checkpoint"],
-                                           {"state": state, "best_params": best_params})
-            state, best_params = tree["state"], tree["best_params"]
-            sched.update(progress["schedule"])
-            log({"event": "resume", "step": int(progress["step"])},
-                f"resumed from step {progress['step']} (epoch {sched['epoch']}, batch {sched['batch']})")
-
-    def validation_metrics(params) -> dict:
-        """{"rmse": val RMSE (rating objectives), "auc": sampled val AUC (with negatives)}."""
-        out = {}
-        if rates:
-            pred = predict_pairs(eval_step, params, data.val, data, cfg, mesh)
-            out["rmse"] = rating_metrics(pred, data.val.rating, split.rating_scale)["rmse"]
-        if sampler is not None:
-            positive, negative = score_pairs_with_negatives(neg_eval_step, params, data.val, val_negatives, data,
-                                                            cfg, mesh)
-            out["auc"] = sampled_auc(positive, negative)
-        return out
-
-    def evaluate_val() -> float:
-        """The schedule's value (lower is better: val RMSE, or -AUC); stops on a non-finite metric."""
-        nonlocal last_metrics
-        last_metrics = validation_metrics(state.params)
-        value = last_metrics[metric_name]
-        value = run_records.check_finite_metric(value, step, ckpt_dir)  # NaN/inf: stop, name the checkpoint
-        return value if metric_name == "rmse" else -value
-
-    last_metrics: dict = {}
-
-    def save(step: int):
-        if ckpt_dir is None:
-            return
-        checkpoint.save_progress(ckpt_dir, step, {"state": state, "best_params": best_params},
-                                 {"schedule": dict(sched)})
-
-    n_train = len(data.train.user)
-    steps_per_epoch = -(-n_train // cfg.batch_size)
-    eval_every = cfg.eval_every or steps_per_epoch
-    log({"event": "start", "n_train": n_train, "n_val": len(data.val.user), "n_test": len(data.test.user),
-         "devices": n_dev, "model": model_config.variant, "steps_per_epoch": steps_per_epoch,
-         "total_steps": min(cfg.max_steps, cfg.max_epochs * steps_per_epoch)},
-        f"training {model_config.variant} on {split.name}: {n_train} train / {len(data.val.user)} val / "
-        f"{len(data.test.user)} test pairs, batch {cfg.batch_size}, {steps_per_epoch} steps/epoch, "
-        f"{n_dev} device(s), history={cfg.history_mode}")
-
-    run_loss, run_n, window_start, window_examples = 0.0, 0, time.time(), 0
-    session_start = time.time() - sched["elapsed"]
-    step = int(state.step)  # host-side step counter: no device sync per step
-    if factor_info and sched["evals"] == 0:  # the MF start is a candidate: never end worse than it
-        _schedule_after_eval(sched, evaluate_val(), 0, cfg)
-        log({"event": "eval", "step": 0, **{f"val_{k}": v for k, v in last_metrics.items()}, **factor_info},
+    if factor_info and run.schedule.evals == 0:  # the MF start is a candidate: never end worse than it
+        metrics, _ = _validate(run, validator, 0, cfg, ckpt_dir)
+        log({"event": "eval", "step": 0, **{f"val_{k}": v for k, v in metrics.items()}, **factor_info},
             f"  eval step 0 (started at {factor_info['factor_init'].upper()}): "
-            + "  ".join(f"val {k.upper()} {v:.4f}" for k, v in last_metrics.items()))
-    # Losses stay on the device until a log / eval / epoch end needs them, so the host never waits
-    # for step k before dispatching step k+1 (the device stays busy while the next batch is placed).
-    pending: list = []  # (step, device loss)
-    mark = time.time()  # start of the current span of train-step time
-
-    def drain() -> list:
-        """Fetches the pending losses (one transfer), checks them, adds the span to train_seconds."""
-        nonlocal mark
-        if not pending:
-            return []
-        values = np.asarray(jax.device_get(jax.numpy.stack([loss for _, loss in pending])), np.float64)
-        steps = [k for k, _ in pending]
-        pending.clear()
-        sched["train_seconds"] += time.time() - mark
-        mark = time.time()
-        for k, value in zip(steps, values):
-            if not math.isfinite(value) or value > 1e4:
-                raise FloatingPointError(f"training diverged at step {k}: loss {value}")
-        return list(values)
-
-    while not sched["done"]:
-        epoch = sched["epoch"]
-        if epoch >= cfg.max_epochs:
-            sched.update(done=True, reason="max_epochs")
+            + "  ".join(f"val {k.upper()} {v:.4f}" for k, v in metrics.items()))
+    while not run.schedule.done:
+        if run.position.epoch >= cfg.max_epochs:
+            run.schedule = run.schedule.stopped("max_epochs")
             break
-        plan = batching.make_batch_plan(data.train, cfg.batch_size, seed=cfg.seed, epoch=epoch,
-                                        bucket_lengths=cfg.bucket_lengths, max_len=cfg.max_len)
-
-        def host_batch(k: int, plan=plan, epoch=epoch) -> dict:
-            batch = batching.materialize(plan[k], data.train, data.user_histories, data.item_histories,
-                                         max_len=cfg.max_len, drop_self=drop_self)
-            if cfg.uses_negatives:  # drawn from (seed, epoch, batch): a resumed run draws the same
-                safe = np.maximum(plan.indices[k], 0)
-                negatives = sampler.sample(batch["user"], cfg.n_negatives, negative_rng(cfg.seed, epoch, k))
-                batch = with_negatives(batch, negatives, data.train.time[safe], data, cfg)
-            return _local_rows(batch)
-
-        host_batches = (host_batch(k) for k in range(sched["batch"], len(plan)))
-        mark = time.time()
-        for batch in prefetch(host_batches, cfg.prefetch):
-            state, metrics = train_step(state, put_batch(batch, mesh))
-            sched["batch"] += 1
-            step += 1
-            pending.append((step, metrics["loss"]))
-            n_real = int(batch["weight"].sum()) * jax.process_count()
-            sched["examples"] += n_real
-            window_examples += n_real
-            logging_now = bool(cfg.log_every and step % cfg.log_every == 0)
-            if logging_now or len(pending) >= 256:
-                values = drain()
-                run_loss, run_n = run_loss + sum(values), run_n + len(values)
-            if logging_now:
-                rate = window_examples / max(time.time() - window_start, 1e-9)
-                lr = get_learning_rate(state.opt_state)
-                log({"event": "train", "epoch": epoch, "step": step, "loss": run_loss / run_n,
-                     "examples_per_second": rate, "learning_rate": lr},
-                    f"epoch {epoch} step {step} loss {run_loss / run_n:.4f} {rate:,.0f} ex/s lr {lr:.2e}")
-                run_loss, run_n, window_start, window_examples = 0.0, 0, time.time(), 0
+        for step in runner.run_epoch(run):
             if step % eval_every == 0 or step >= cfg.max_steps:
-                values = drain()
-                run_loss, run_n = run_loss + sum(values), run_n + len(values)
-                _schedule_after_eval(sched, evaluate_val(), step, cfg)
-                lr = get_learning_rate(state.opt_state)
-                if sched["best_step"] == step:
-                    best_params = _copy(state.params)  # state buffers are donated next step
-                elif sched.pop("decay_now", False):
-                    lr = lr * cfg.lr_decay
-                    state = state.replace(params=_copy(best_params),
-                                          opt_state=set_learning_rate(state.opt_state, lr))
-                    if lr < cfg.min_learning_rate:
-                        sched.update(done=True, reason="min_learning_rate")
-                sched["elapsed"] = time.time() - session_start
-                shown = "  ".join(f"val {k.upper()} {v:.4f}" for k, v in last_metrics.items())
-                best_shown = abs(sched["best_val"])
-                log({"event": "eval", "epoch": epoch, "step": step,
-                     **{f"val_{k}": v for k, v in last_metrics.items()},
-                     f"best_val_{metric_name}": best_shown, "learning_rate": lr},
-                    f"  eval step {step}: {shown} (best {metric_name.upper()} {best_shown:.4f}"
-                    f" @ {sched['best_step']}), lr {lr:.2e}")
-                if step >= cfg.max_steps:
-                    sched.update(done=True, reason="max_steps")
-                if cfg.max_seconds and sched["elapsed"] > cfg.max_seconds:
-                    sched.update(done=True, reason="max_seconds")
-                if cfg.checkpoint_every_eval:
-                    save(step)
-                if stop_after_steps is not None and step >= stop_after_steps:
-                    return TrainResult(model_config, cfg, best_params, {"interrupted_at": step}, data, workdir)
-                mark = time.time()  # evaluation and checkpoints are not train-step time
-            if sched["done"]:
+                with runner.paused(run.position):  # evaluation and checkpoints are not train-step time
+                    metrics, lr = _validate(run, validator, step, cfg, ckpt_dir)
+                    run.position.elapsed = time.time() - session_start
+                    _log_eval(log, run, metrics, step, lr, cfg.selection_metric)
+                    run.schedule = schedule_lib.after_budget(run.schedule, step, run.position.elapsed, cfg)
+                    if cfg.checkpoint_every_eval:
+                        run_state.save(ckpt_dir, step, run)
+                    if _STOP_AFTER_STEPS is not None and step >= _STOP_AFTER_STEPS:
+                        return TrainResult(model_config, cfg, run.best_params, {"interrupted_at": step}, data, workdir)
+            if run.schedule.done:
                 break
         else:
-            sched["epoch"] += 1
-            sched["batch"] = 0
-    drain()
-    # Final evaluation with the best parameters.
-    if sched["evals"] == 0:  # never evaluated (tiny runs): evaluate now
-        best_params = _copy(state.params)
-        sched["best_val"] = evaluate_val()
-    final_val = validation_metrics(best_params)
-    val_pred = predict_pairs(eval_step, best_params, data.val, data, cfg, mesh)
-    test_pred = predict_pairs(eval_step, best_params, data.test, data, cfg, mesh)
-    val_m = rating_metrics(val_pred, data.val.rating, split.rating_scale)
-    test_m = rating_metrics(test_pred, data.test.rating, split.rating_scale)
-    wall = time.time() - start_wall
+            run.position.next_epoch()
+    runner.drain(run.position)
+    if run.schedule.evals == 0:  # never evaluated (tiny runs): the last parameters are the best
+        _validate(run, validator, runner.step, cfg, ckpt_dir)
+
+    metrics = _final_metrics(run, validator, split, cfg, factor_info, wall=time.time() - start_wall)
+    if ckpt_dir is not None:
+        checkpoint.save_params(ckpt_dir / "best", run.best_params)
+        checkpoint.write_json_atomic(workdir / "results.json", metrics)
+    _log_done(log, metrics, validator.rates, model_config.gated)
+    return TrainResult(model_config, cfg, run.best_params, metrics, data, workdir)
+
+
+def _validate(run: RunState, validator: Validator, step: int, cfg: TrainConfig,
+              ckpt_dir: Optional[pathlib.Path]) -> tuple[dict, float]:
+    """Validates ``run.state.params`` at ``step`` and applies the schedule to ``run``: the best
+    parameters are kept, or the learning rate decays and the state goes back to them.
+    Returns (validation metrics, the learning rate to continue at)."""
+    metrics = validator.metrics(run.state.params)
+    value = run_records.check_finite_metric(metrics[cfg.selection_metric], step, ckpt_dir)  # NaN/inf: stop
+    run.schedule, decision = schedule_lib.after_validation(run.schedule, value, step, cfg,
+                                                           get_learning_rate(run.state.opt_state))
+    if decision.improved:
+        run.best_params = _copy(run.state.params)  # state buffers are donated next step
+    elif decision.decayed:
+        run.state = run.state.replace(params=_copy(run.best_params),
+                                      opt_state=set_learning_rate(run.state.opt_state, decision.learning_rate))
+    return metrics, decision.learning_rate
+
+
+def _final_metrics(run: RunState, validator: Validator, split: ProtocolSplit, cfg: TrainConfig,
+                   factor_info: dict, wall: float) -> dict:
+    """results.json: the best parameters' test / val numbers and the run's record."""
+    final = validator.final_metrics(run.best_params)
+    n_train, position = len(validator.data.train.user), run.position
     metrics = {
         "protocol": split.name,
-        "model": model_config.variant,
+        "model": validator.model.config.variant,
         "seed": cfg.seed,
         "history_mode": cfg.history_mode,
-        "test_rmse": test_m["rmse"],
-        "test_mae": test_m["mae"],
-        "val_rmse": val_m["rmse"],
+        "test_rmse": final["test_rmse"],
+        "test_mae": final["test_mae"],
+        "val_rmse": final["val_rmse"],
         "n_train": n_train,
-        "n_val": len(data.val.user),
-        "n_test": len(data.test.user),
-        "steps": int(state.step),
-        "epochs": sched["examples"] / n_train,
-        "stop_reason": sched["reason"],
+        "n_val": len(validator.data.val.user),
+        "n_test": len(validator.data.test.user),
+        "steps": int(run.state.step),
+        "epochs": position.examples / n_train,
+        "stop_reason": run.schedule.reason,
         "wall_seconds": wall,
-        "train_examples_per_second": sched["examples"] / max(sched["train_seconds"], 1e-9),
-        "devices": n_dev,
-        "params": int(sum(leaf.size for leaf in jax.tree.leaves(best_params))),
+        "train_examples_per_second": position.examples / max(position.train_seconds, 1e-9),
+        "devices": validator.mesh.devices.size,
+        "params": int(sum(leaf.size for leaf in jax.tree.leaves(run.best_params))),
         "objective": cfg.objective,
-        "selection_metric": metric_name,
-        **({"val_auc_sampled": final_val["auc"]} if "auc" in final_val else {}),
+        "selection_metric": cfg.selection_metric,
+        **({"val_auc_sampled": final["val_auc_sampled"]} if "val_auc_sampled" in final else {}),
         **factor_info,
     }
-    if model_config.gated:  # a tower whose gates all sit at 0 or 1 is visible at once
-        metrics.update(gate_saturation(make_gate_stats_step(apply_fn, mesh), best_params, data.test, data, cfg, mesh))
-    if ckpt_dir is not None:
-        checkpoint.save_params(ckpt_dir / "best", best_params)
-        checkpoint.write_json_atomic(workdir / "results.json", metrics)
-    summary = (f"test RMSE {test_m['rmse']:.4f} MAE {test_m['mae']:.4f}, val RMSE {val_m['rmse']:.4f}" if rates
-               else f"val AUC (sampled) {final_val['auc']:.4f}")
-    if model_config.gated:
+    return {**metrics, **{k: v for k, v in final.items() if k.endswith("_gates_saturated")}}
+
+
+def _steps_per_epoch(data: PreparedData, cfg: TrainConfig) -> int:
+    return -(-len(data.train.user) // cfg.batch_size)
+
+
+def _log_start(log: "_Logger", data: PreparedData, cfg: TrainConfig, model_config: ModelConfig, mesh) -> None:
+    n_train, n_val, n_test, n_dev = len(data.train.user), len(data.val.user), len(data.test.user), mesh.devices.size
+    per_epoch = _steps_per_epoch(data, cfg)
+    log({"event": "start", "n_train": n_train, "n_val": n_val, "n_test": n_test, "devices": n_dev,
+         "model": model_config.variant, "steps_per_epoch": per_epoch,
+         "total_steps": min(cfg.max_steps, cfg.max_epochs * per_epoch)},
+        f"training {model_config.variant} on {data.split.name}: {n_train} train / {n_val} val / {n_test} test pairs, "
+        f"batch {cfg.batch_size}, {per_epoch} steps/epoch, {n_dev} device(s), history={cfg.history_mode}")
+
+
+def _log_eval(log: "_Logger", run: RunState, metrics: dict, step: int, lr: float, metric: str) -> None:
+    shown = "  ".join(f"val {k.upper()} {v:.4f}" for k, v in metrics.items())
+    best = abs(run.schedule.best_val)
+    log({"event": "eval", "epoch": run.position.epoch, "step": step, **{f"val_{k}": v for k, v in metrics.items()},
+         f"best_val_{metric}": best, "learning_rate": lr},
+        f"  eval step {step}: {shown} (best {metric.upper()} {best:.4f} @ {run.schedule.best_step}), lr {lr:.2e}")
+
+
+def _log_done(log: "_Logger", metrics: dict, rates: bool, gated: bool) -> None:
+    summary = (f"test RMSE {metrics['test_rmse']:.4f} MAE {metrics['test_mae']:.4f}, val RMSE {metrics['val_rmse']:.4f}"
+               if rates else f"val AUC (sampled) {metrics['val_auc_sampled']:.4f}")
+    if gated:
         summary += (f", saturated gates user {metrics['user_gates_saturated']:.0%} "
                     f"item {metrics['item_gates_saturated']:.0%}")
-    log({"event": "done", **metrics}, f"done ({sched['reason']}): {summary}, {wall:.0f}s")
-    return TrainResult(model_config, cfg, best_params, metrics, data, workdir)
+    log({"event": "done", **metrics}, f"done ({metrics['stop_reason']}): {summary}, {metrics['wall_seconds']:.0f}s")
 
 
 def _copy(tree: Any) -> Any:
     """A copy of a pytree of arrays that survives donation of the original."""
     return jax.tree_util.tree_map(lambda x: x.copy(), tree)
-
-
-def _schedule_after_eval(sched: dict, val_rmse: float, step: int, cfg: TrainConfig) -> None:
-    """The reference schedule: improvement resets counters; patience decays / stops."""
-    sched["evals"] += 1
-    sched["last_val"] = val_rmse
-    if val_rmse < sched["best_val"]:
-        sched.update(best_val=val_rmse, best_step=step, bad=0, decay_bad=0)
-        return
-    sched["bad"] += 1
-    sched["decay_bad"] += 1
-    if sched["bad"] >= cfg.stop_patience:
-        sched.update(done=True, reason="patience")
-    elif sched["decay_bad"] >= cfg.decay_patience:
-        sched["decay_bad"] = 0
-        sched["decay_now"] = True
 
 
 def predict(result: TrainResult, pairs_df: pd.DataFrame, *, history_mode: str = "full") -> np.ndarray:

@@ -59,6 +59,14 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def make_apply_fn(model) -> Callable:
+    """apply_fn(params, batch, deterministic, rngs) -> (pred [B], aux) of a Flax model (the steps' form)."""
+    def apply_fn(params, batch, deterministic, rngs):
+        return model.apply({"params": params}, batch, deterministic=deterministic, rngs=rngs)
+
+    return apply_fn
+
+
 def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, mesh: Mesh,
                     loss_fn: Optional[Callable] = None):
     """Builds the jit-compiled train step.

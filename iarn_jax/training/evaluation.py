@@ -1,0 +1,132 @@
+"""Metrics of a model during and after training: predictions, RMSE / MAE, sampled AUC, gate saturation.
+
+:class:`Validator` measures the validation metrics that select the model (``rmse`` for objectives
+whose predictions are ratings, ``auc`` sampled against fixed negatives when a sampler is given) and
+the final numbers of a run (:meth:`Validator.final_metrics`). Everything here only reads parameters.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import jax
+import numpy as np
+
+from iarn_jax.data.negatives import NegativeSampler
+from iarn_jax.models.iarn import IARN
+from iarn_jax.training.config import TrainConfig
+from iarn_jax.training.input_pipeline import PreparedData, eval_batches, local_rows, with_negatives
+from iarn_jax.training.objectives import sampled_auc
+from iarn_jax.training.step import (make_apply_fn, make_eval_step, make_gate_stats_step, make_negative_eval_step,
+                                    put_batch)
+
+
+def predict_pairs(
+    eval_step: Callable, params: Any, pairs: Any, data: PreparedData, config: TrainConfig, mesh
+) -> np.ndarray:
+    """Predictions [N] for every pair of a PairSet, in the PairSet's order."""
+    out = np.zeros(len(pairs.user), np.float32)
+    for idx, batch in eval_batches(pairs, data, config):
+        pred = np.asarray(jax.device_get(eval_step(params, put_batch(local_rows(batch), mesh))))
+        valid = idx >= 0
+        out[idx[valid]] = pred[valid]
+    return out
+
+
+def rating_metrics(pred: np.ndarray, target: np.ndarray, rating_scale) -> dict:
+    """RMSE and MAE of predictions clipped to the rating scale."""
+    clipped = np.clip(pred, *rating_scale)
+    err = clipped - np.asarray(target, np.float32)
+    return {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err)))}
+
+
+def validation_negatives(sampler: NegativeSampler, pairs: Any, count: int) -> np.ndarray:
+    """[N, count] fixed negatives of the validation pairs (the same for every training seed)."""
+    return sampler.sample(pairs.user, count, np.random.default_rng([0, 0x56414C]))
+
+
+def score_pairs_with_negatives(neg_eval_step: Callable, params: Any, pairs: Any, negatives: np.ndarray,
+                               data: PreparedData, cfg: TrainConfig, mesh) -> tuple[np.ndarray, np.ndarray]:
+    """(positive [N], negative [N, k]) scores of every pair of ``pairs`` and its negatives [N, k]."""
+    n, k = negatives.shape
+    n_dev = mesh.devices.size
+    batch_size = max(n_dev, (cfg.eval_batch_size // (1 + k)) // n_dev * n_dev)
+    positive, negative = np.zeros(n, np.float32), np.zeros((n, k), np.float32)
+    for idx, batch in eval_batches(pairs, data, cfg, batch_size):
+        valid, safe = idx >= 0, np.where(idx >= 0, idx, 0)
+        batch = with_negatives(batch, negatives[safe], pairs.time[safe], data, cfg)
+        pos, neg = jax.device_get(neg_eval_step(params, put_batch(local_rows(batch), mesh)))
+        positive[idx[valid]] = np.asarray(pos)[valid]
+        negative[idx[valid]] = np.asarray(neg)[valid]
+    return positive, negative
+
+
+def gate_saturation(stats_step: Callable, params: Any, pairs: Any, data: PreparedData, cfg: TrainConfig,
+                    mesh) -> dict:
+    """Share of valid history steps whose gate is < 0.01 or > 0.99, per side, over ``pairs``."""
+    totals = np.zeros((2, 2))
+    for _, batch in eval_batches(pairs, data, cfg):
+        totals += np.asarray(jax.device_get(stats_step(params, put_batch(local_rows(batch), mesh))))
+    return {f"{side}_gates_saturated": float(totals[i, 0] / max(totals[i, 1], 1.0))
+            for i, side in enumerate(("user", "item"))}
+
+
+@dataclasses.dataclass
+class Validator:
+    """The compiled evaluation steps of one model and the data they score.
+
+    neg_eval_step / val_negatives [N_val, cfg.val_negatives]: set when a sampled AUC is measured.
+    """
+
+    model: IARN
+    data: PreparedData
+    cfg: TrainConfig
+    mesh: Any
+    eval_step: Callable
+    neg_eval_step: Optional[Callable] = None
+    val_negatives: Optional[np.ndarray] = None
+
+    @property
+    def rates(self) -> bool:
+        """Whether predictions are ratings (every objective but "ranking"), so RMSE is defined."""
+        return self.cfg.objective != "ranking"
+
+    def metrics(self, params: Any) -> dict:
+        """{"rmse": val RMSE (rating objectives), "auc": sampled val AUC (with negatives)}."""
+        out = {}
+        if self.rates:
+            pred = predict_pairs(self.eval_step, params, self.data.val, self.data, self.cfg, self.mesh)
+            out["rmse"] = rating_metrics(pred, self.data.val.rating, self.data.split.rating_scale)["rmse"]
+        if self.neg_eval_step is not None:
+            positive, negative = score_pairs_with_negatives(self.neg_eval_step, params, self.data.val,
+                                                            self.val_negatives, self.data, self.cfg, self.mesh)
+            out["auc"] = sampled_auc(positive, negative)
+        return out
+
+    def final_metrics(self, params: Any) -> dict:
+        """Test / val RMSE and MAE of ``params`` (clipped), the sampled val AUC when measured and, for
+        gated models, the share of saturated gates on the test pairs (``{side}_gates_saturated``)."""
+        data, scale = self.data, self.data.split.rating_scale
+        validation = self.metrics(params)
+        val = rating_metrics(predict_pairs(self.eval_step, params, data.val, data, self.cfg, self.mesh),
+                             data.val.rating, scale)
+        test = rating_metrics(predict_pairs(self.eval_step, params, data.test, data, self.cfg, self.mesh),
+                              data.test.rating, scale)
+        out = {"test_rmse": test["rmse"], "test_mae": test["mae"], "val_rmse": val["rmse"],
+               **({"val_auc_sampled": validation["auc"]} if "auc" in validation else {})}
+        if self.model.config.gated:  # a tower whose gates all sit at 0 or 1 is visible at once
+            stats_step = make_gate_stats_step(make_apply_fn(self.model), self.mesh)
+            out.update(gate_saturation(stats_step, params, data.test, data, self.cfg, self.mesh))
+        return out
+
+
+def make_validator(model: IARN, data: PreparedData, cfg: TrainConfig, mesh,
+                   sampler: Optional[NegativeSampler] = None) -> Validator:
+    """A Validator of ``model``; with a sampler, also the sampled validation AUC."""
+    validator = Validator(model, data, cfg, mesh, make_eval_step(make_apply_fn(model), mesh))
+    if sampler is not None:
+        validator.neg_eval_step = make_negative_eval_step(
+            lambda params, batch: model.apply({"params": params}, batch, deterministic=True,
+                                              method=IARN.score_with_negatives)[:2], mesh)
+        validator.val_negatives = validation_negatives(sampler, data.val, cfg.val_negatives)
+    return validator
