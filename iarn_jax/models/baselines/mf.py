@@ -35,7 +35,6 @@ import numpy as np
 import pandas as pd
 
 from iarn_jax.data.types import ProtocolSplit
-from iarn_jax.evaluate import metrics
 from iarn_jax.models.baselines import common
 
 DEFAULTS = dict(
@@ -153,7 +152,7 @@ class MF:
 
             def val_score_fn(host_params):
                 pred = predict_pairs(host_params, mu, val_users, val_items, xp=np)
-                return metrics.rmse(pred, val_rating, rating_scale)
+                return common.clipped_rmse(pred, val_rating, rating_scale)
 
         result = common.fit_early_stopping(
             params,

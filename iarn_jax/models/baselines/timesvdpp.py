@@ -56,7 +56,6 @@ import numpy as np
 import pandas as pd
 
 from iarn_jax.data.types import ProtocolSplit
-from iarn_jax.evaluate import metrics
 from iarn_jax.models.baselines import common
 from iarn_jax.models.baselines.mf import default_factors
 
@@ -262,7 +261,7 @@ class TimeSVDpp:
 
             def val_score_fn(host_params):
                 pred = self._predict_host(host_params, val_features)
-                return metrics.rmse(pred, val_rating, split.rating_scale)
+                return common.clipped_rmse(pred, val_rating, split.rating_scale)
 
         return common.fit_early_stopping(
             self._init_params(self.factors, config["init_std"], seed),
