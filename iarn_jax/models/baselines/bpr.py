@@ -193,18 +193,8 @@ class BPR:
         )
         self.params = result.params
         self.item_seen = seen_holder["seen"]
-        self.report = {
-            "model": self.name,
-            "factors": self.factors,
-            "config": {**self.config, **best},
-            "val_auc": result.best_score,
-            "best_epoch": result.best_epoch,
-            "grid": rows,
-            "seed": seed,
-            "seconds": time.perf_counter() - start,
-        }
-        if verbose:
-            print(f"[{self.name}] chose {best} val AUC {result.best_score:.4f} ({self.report['seconds']:.1f}s)", flush=True)
+        self.report = common.fit_report(self.name, best, {**self.config, **best}, "val_auc", result, rows, seed, start,
+                                        verbose, factors=self.factors)
         return self
 
     def score_matrix(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:

@@ -333,6 +333,19 @@ def select_and_refit(
     return Selection(config, result, result, epochs, rows, refitted=False)
 
 
+def fit_report(name: str, chosen: dict, config: dict, metric: str, result: FitResult, rows: list, seed: int,
+               start: float, verbose: bool, **extra) -> dict:
+    """Logs the choice and returns the ``report`` of a model chosen by ``grid_search``:
+    {"model", "config", metric ("val_rmse" / "val_auc"), "best_epoch", "grid", "seed", **extra, "seconds"}."""
+    report = {"model": name, "config": config, metric: result.best_score, "best_epoch": result.best_epoch,
+              "grid": rows, "seed": seed, **extra, "seconds": time.perf_counter() - start}
+    if verbose:
+        label = {"val_rmse": "val RMSE", "val_auc": "val AUC"}.get(metric, metric)
+        print(f"[{name}] chose {chosen} {label} {result.best_score:.4f} (epoch {result.best_epoch}, "
+              f"{report['seconds']:.1f}s)", flush=True)
+    return report
+
+
 def expand_grid(**axes: Sequence) -> list[dict]:
     """Cartesian product of named axes, as a list of dicts (first axis slowest)."""
     configs = [{}]

@@ -204,19 +204,8 @@ class MF:
             self.mu = float(split.train["rating"].mean())
             self.params = result.params
             self.item_seen = common.seen_mask(split.train["item"].to_numpy(np.int64), split.n_items)
-        self.report = {
-            "model": self.name,
-            "factors": self.factors,
-            "config": config,
-            "val_rmse": result.best_score,
-            "best_epoch": result.best_epoch,
-            "grid": rows,
-            "refit": self.refit,
-            "seed": seed,
-            "seconds": time.perf_counter() - start,
-        }
-        if verbose:
-            print(f"[{self.name}] chose {best} val RMSE {result.best_score:.4f} ({self.report['seconds']:.1f}s)", flush=True)
+        self.report = common.fit_report(self.name, best, config, "val_rmse", result, rows, seed, start, verbose,
+                                        factors=self.factors, refit=self.refit)
         return self
 
     # --------------------------------------------------------------- inference
