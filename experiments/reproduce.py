@@ -32,7 +32,8 @@ import time
 from absl import app, flags
 
 from experiments import _output
-from iarn_jax.evaluate import comparison
+from iarn_jax import jsonio
+from iarn_jax.reports import figures, registry, runner, tables
 
 FLAGS = flags.FLAGS
 
@@ -50,7 +51,7 @@ def define_flags() -> None:
                          "4: IARN-Plain vs IARN with feature encoders.")
     flags.DEFINE_string("encoders", None, "Figure 4's encoder specs, comma-separated ('plain' = none; default: "
                         "plain,flat:target,hier:target,hier:step on clothing, plain,flat:target,flat:step else).")
-    flags.DEFINE_string("methods", None, f"Comma-separated subset of: {', '.join(comparison.METHODS)} "
+    flags.DEFINE_string("methods", None, f"Comma-separated subset of: {', '.join(registry.METHODS)} "
                         "(default: Table 2's methods).")
     flags.DEFINE_string("workdir", None, "Cache and outputs (default: runs/reproduce_PROTOCOL).")
     flags.DEFINE_string("results_json", None, "Write the Table 2 rows here as a JSON list.")
@@ -83,11 +84,11 @@ def reproduce(protocol: str, *, split=None, data_root=None, data=None, cut=None,
     if fresh and (workdir / "methods").exists():
         shutil.rmtree(workdir / "methods")
     workdir.mkdir(parents=True, exist_ok=True)
-    table_methods = comparison.parse_methods(methods) if table else []
-    figure_methods = [m for m in comparison.parse_methods(methods, comparison.BACKBONES)
-                      if m in comparison.BACKBONES] if figure == 3 else []
+    table_methods = registry.parse_methods(methods) if table else []
+    figure_methods = [m for m in registry.parse_methods(methods, registry.BACKBONES)
+                      if m in registry.BACKBONES] if figure == 3 else []
     needed = table_methods + [m for m in figure_methods if m not in table_methods]
-    result = comparison.run_comparison(
+    result = runner.run_comparison(
         split, needed, eval_seed=eval_seed, n_eval_users=n_eval_users, seed=seed, workdir=workdir,
         iarn_max_seconds=iarn_max_seconds, max_len=max_len, verbose=verbose)
     record = {**result["record"], "iarn_max_seconds": iarn_max_seconds, "max_len": max_len,
@@ -95,13 +96,9 @@ def reproduce(protocol: str, *, split=None, data_root=None, data=None, cut=None,
     out = {"rows": None, "figure3": None, "figure4": None}
     if table:
         rows = [result["outputs"][k].row for k in table_methods]
-        text = comparison.markdown_table(
+        _write_outputs(workdir, "table2", tables.markdown_table(
             rows, title=f"Table 2 on `{split.name}` ({record['n_users']} evaluated users, data "
-                        f"{record['checksum']}, seed {seed})")
-        print("\n" + text + "\n", flush=True)
-        (workdir / "table2.md").write_text(text + "\n")
-        (workdir / "table2.json").write_text(json.dumps({**record, "rows": rows}, indent=1,
-                                                        default=comparison._jsonable))
+                        f"{record['checksum']}, seed {seed})"), record, rows)
         if results_json:
             path = pathlib.Path(results_json)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,32 +106,33 @@ def reproduce(protocol: str, *, split=None, data_root=None, data=None, cut=None,
         out["rows"] = rows
     if figure == 4:
         specs = [e.strip() for e in encoders.split(",") if e.strip()] if isinstance(encoders, str) else encoders
-        rows = comparison.run_figure4(split, specs, seed=seed, workdir=workdir, iarn_max_seconds=iarn_max_seconds,
-                                      max_len=max_len, verbose=verbose)
-        text = comparison.figure4_markdown(rows, title=f"Figure 4 on `{split.name}`: IARN-Plain vs feature "
-                                           f"encoders (IARN budget {iarn_max_seconds} s)")
-        print("\n" + text + "\n", flush=True)
-        (workdir / "figure4.md").write_text(text + "\n")
-        (workdir / "figure4.json").write_text(json.dumps({**record, "rows": rows}, indent=1,
-                                                         default=comparison._jsonable))
-        if comparison.plot_figure4(rows, workdir / "figure4.png", title=split.name):
+        rows = figures.run_figure4(split, specs, seed=seed, workdir=workdir, iarn_max_seconds=iarn_max_seconds,
+                                   max_len=max_len, verbose=verbose)
+        _write_outputs(workdir, "figure4", tables.figure4_markdown(
+            rows, title=f"Figure 4 on `{split.name}`: IARN-Plain vs feature encoders (IARN budget "
+                        f"{iarn_max_seconds} s)"), record, rows)
+        if figures.plot_figure4(rows, workdir / "figure4.png", title=split.name):
             print(f"plot: {workdir / 'figure4.png'}")
         out["figure4"] = rows
     if figure == 3:
-        names = [comparison.METHODS[k].name for k in figure_methods]
-        rows = comparison.figure3_rows(split, result["outputs"], figure_methods)
-        text = comparison.figure3_markdown(rows, names, title=f"Figure 3 on `{split.name}`: test RMSE on "
-                                           "pairs whose user and item have >= L training interactions")
-        print("\n" + text + "\n", flush=True)
-        (workdir / "figure3.md").write_text(text + "\n")
-        (workdir / "figure3.json").write_text(json.dumps({**record, "rows": rows}, indent=1,
-                                                         default=comparison._jsonable))
-        if comparison.plot_figure3(rows, names, workdir / "figure3.png", title=split.name):
+        names = [registry.METHODS[k].name for k in figure_methods]
+        rows = figures.figure3_rows(split, result["outputs"], figure_methods)
+        _write_outputs(workdir, "figure3", tables.figure3_markdown(
+            rows, names, title=f"Figure 3 on `{split.name}`: test RMSE on pairs whose user and item have >= L "
+                               "training interactions"), record, rows)
+        if figures.plot_figure3(rows, names, workdir / "figure3.png", title=split.name):
             print(f"plot: {workdir / 'figure3.png'}")
         else:
             print("matplotlib not installed (pip install .[plots]): no plot, the table above stands")
         out["figure3"] = rows
     return out
+
+
+def _write_outputs(workdir: pathlib.Path, name: str, text: str, record: dict, rows: list) -> None:
+    """Prints the table and writes ``NAME.md`` and ``NAME.json`` (the run record plus the rows)."""
+    print("\n" + text + "\n", flush=True)
+    (workdir / f"{name}.md").write_text(text + "\n")
+    jsonio.write_json_atomic(workdir / f"{name}.json", {**record, "rows": rows})
 
 
 def main(argv):

@@ -20,6 +20,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import pandas as pd
 
+from iarn_jax import jsonio
 from iarn_jax.data import batching, histories
 from iarn_jax.data.types import Dataset
 
@@ -58,7 +59,7 @@ class Explanation:
     item_history_length: int
 
     def to_dict(self) -> dict:
-        return _jsonable(dataclasses.asdict(self))
+        return jsonio.jsonable(dataclasses.asdict(self))
 
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), **kwargs)
@@ -89,16 +90,6 @@ def _features_text(features) -> str:
     if features and isinstance(features[0], list):
         return " | ".join(" > ".join(path) for path in features)
     return ", ".join(features)
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def _time_text(value: int, unit: str) -> str:
@@ -189,7 +180,7 @@ def explain(source, user, item, *, params: Any = None, data: Any = None, origina
             else:
                 original, name, feats = dataset.user_ids[cid], None, None
             t = int(side_histories.time[e])
-            out.append(Step(position=visible - kept + k, id=cid, original_id=_jsonable(original), name=name, features=feats,
+            out.append(Step(position=visible - kept + k, id=cid, original_id=jsonio.jsonable(original), name=name, features=feats,
                             time=t, time_text=_time_text(t, dataset.time_unit),
                             rating=None if k == own_col else float(side_histories.rating[e]),
                             gate=float(gates[k])))
@@ -197,7 +188,7 @@ def explain(source, user, item, *, params: Any = None, data: Any = None, origina
 
     return Explanation(
         user=user, item=item,
-        user_original_id=_jsonable(dataset.user_ids[user]), item_original_id=_jsonable(dataset.item_ids[item]),
+        user_original_id=jsonio.jsonable(dataset.user_ids[user]), item_original_id=jsonio.jsonable(dataset.item_ids[item]),
         item_title=str(dataset.item_titles[item]) if dataset.item_titles is not None else None,
         item_features=_item_feature_names(dataset, item),
         prediction=float(np.asarray(prediction)[0]), rating=rating, pair_set=pair_set,

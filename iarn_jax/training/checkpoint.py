@@ -15,7 +15,6 @@ at a half-written checkpoint.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import re
 import shutil
@@ -23,6 +22,8 @@ from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
+
+from iarn_jax import jsonio
 
 PROGRESS = "progress.json"
 
@@ -33,12 +34,8 @@ def _checkpointer() -> ocp.StandardCheckpointer:
 
 def write_json_atomic(path: pathlib.Path, payload: dict) -> None:
     """Writes JSON to path via a temporary file and os.replace (process 0 only)."""
-    if jax.process_index() != 0:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    if jax.process_index() == 0:
+        jsonio.write_json_atomic(path, payload, sort_keys=True, default=None)
 
 
 def save_progress(ckpt_dir: pathlib.Path, step: int, tree: Any, progress: dict, keep: int = 2) -> None:

@@ -11,9 +11,10 @@ import dataclasses
 import json
 import pathlib
 import time
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
+from iarn_jax import jsonio
 from iarn_jax.data import protocols
 from iarn_jax.data.types import ProtocolSplit
 from iarn_jax.models.config import ModelConfig
@@ -266,11 +267,5 @@ def run_experiment(
     if results_json and is_main:
         path = pathlib.Path(results_json)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(metrics, indent=1, default=_jsonable))
+        path.write_text(json.dumps(metrics, indent=1, default=jsonio.jsonable))
     return metrics, result
-
-
-def _jsonable(value: Any):
-    if isinstance(value, tuple):
-        return list(value)
-    return str(value)

@@ -12,7 +12,8 @@ Pure NumPy / JAX helpers, no global state:
   row-wise Adagrad) and the small dense parameters (MLPs, level weights) with an
   optax optimizer. Dense Adam over 50k-row tables would cost O(table) per step;
   this keeps a step O(batch).
-* :func:`run_with_early_stopping` - epochs until the validation metric stops improving.
+* :func:`selection_record` - the ``selection_`` record of a model chosen by
+  ``common.select_and_refit`` (early stopping: ``common.early_stopping`` with ``MIN_DELTA``).
 * Feature helpers: :func:`flat_feature_matrix`, :func:`path_matrix`.
 """
 from __future__ import annotations
@@ -302,51 +303,23 @@ class SparseTrainer:
         return state, float(loss)
 
 
-@dataclasses.dataclass
-class EarlyStopResult:
-    state: Any
-    best_metric: float
-    best_epoch: int  # 1-based number of epochs of the best state
-    history: list[tuple[int, float, float]]  # (epoch, train loss, validation metric)
-    seconds: float
+# validation scores of these models improve by more than this to count (NCF, Item2Vec, HieVH)
+MIN_DELTA = 1e-4
 
 
-def run_with_early_stopping(
-    state: Any,
-    run_epoch: Callable[[Any, int], tuple[Any, float]],
-    evaluate: Optional[Callable[[Any], float]],
-    *,
-    max_epochs: int,
-    patience: int = 3,
-    higher_is_better: bool = True,
-    verbose: bool = False,
-    label: str = "",
-    min_delta: float = 1e-4,
-) -> EarlyStopResult:
-    """Runs epochs; keeps the state with the best validation metric; stops after `patience` epochs without gain.
-
-    evaluate=None trains exactly max_epochs and reports NaN metrics.
-    """
-    start = time.perf_counter()
-    sign = 1.0 if higher_is_better else -1.0
-    best_state, best_metric, best_epoch, stale = state, -np.inf, 0, 0
-    history = []
-    for epoch in range(1, max_epochs + 1):
-        state, loss = run_epoch(state, epoch)
-        metric = float(evaluate(state)) if evaluate is not None else float("nan")
-        history.append((epoch, loss, metric))
-        log(verbose, f"  [{label}] epoch {epoch:3d}  loss {loss:.4f}  val {metric:.4f}  ({time.perf_counter() - start:.1f}s)")
-        if evaluate is None:
-            best_state, best_epoch = state, epoch
-            continue
-        if sign * metric > best_metric + min_delta:
-            best_state, best_metric, best_epoch, stale = state, sign * metric, epoch, 0
-        else:
-            stale += 1
-            if stale >= patience:
-                break
-    best = sign * best_metric if evaluate is not None else float("nan")
-    return EarlyStopResult(best_state, best, best_epoch, history, time.perf_counter() - start)
+def selection_record(name: str, selection, configs: Sequence[dict], metric: str, max_epochs: int, start: float,
+                     verbose: bool, **extra) -> dict:
+    """Logs the choice and returns the ``selection_`` dict of a model fitted by ``common.select_and_refit``:
+    {"config", metric, "epochs", **extra, "grid": [{"config", metric, "epochs"} per config tried],
+    "seconds"}."""
+    epochs = selection.epochs or max_epochs
+    record = {"config": selection.config,
+              metric: selection.result.best_score if selection.result is not None else float("nan"),
+              "epochs": epochs, **extra,
+              "grid": [{"config": c, metric: r["val"], "epochs": r["best_epoch"]} for c, r in zip(configs, selection.rows)],
+              "seconds": time.perf_counter() - start}
+    log(verbose, f"[{name}] chose {selection.config} ({epochs} epochs) in {record['seconds']:.1f}s")
+    return record
 
 
 def default_dim(split: ProtocolSplit) -> int:
@@ -361,13 +334,6 @@ def has_validation(split: ProtocolSplit) -> bool:
 
 def grid_configs(grid: Optional[Sequence[Mapping[str, Any]]]) -> list[dict]:
     return [dict(g) for g in grid] if grid else [{}]
-
-
-def seen_mask(frame: pd.DataFrame, n_items: int) -> np.ndarray:
-    """[n_items] True for items that occur in frame (the fit data)."""
-    mask = np.zeros(n_items, bool)
-    mask[frame["item"].to_numpy(np.int64)] = True
-    return mask
 
 
 def rank_unseen_last(scores: np.ndarray, seen: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ host by rejection),
 with Adam on shuffled mini-batches (one jit-compiled ``lax.scan`` per epoch).
 Early stopping and a small (lr, reg) grid use validation AUC: full ranking of
 up to ``val_users`` sampled validation users over the items of train ∪ val,
-minus the user's training items (``ranking.RankingTask``); the best
+minus the user's training items (``data.candidates.RankingTask``, ``common.ranking_auc``); the best
 early-stopped model is kept.
 
 Cold items: an item never seen in the fit data has no learned factors; with
@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from iarn_jax.data.candidates import RankingTask
 from iarn_jax.data.types import ProtocolSplit
-from iarn_jax.evaluate import ranking
 from iarn_jax.models.baselines import common
 from iarn_jax.models.baselines.mf import default_factors
 
@@ -151,14 +151,11 @@ class BPR:
             val_users = np.unique(split.val["user"].to_numpy(np.int64))
             if val_users.size > config["val_users"]:
                 val_users = np.sort(np.random.default_rng(seed).choice(val_users, config["val_users"], replace=False))
-            task = ranking.RankingTask.from_frames(train, split.val, val_users)
+            task = RankingTask.from_frames(train, split.val, val_users)
             seen = item_seen if self.unseen_last else None
 
             def val_score_fn(host_params):
-                result = ranking.evaluate_task(
-                    task, score_matrix_fn=lambda u, i: factor_scores(host_params, u, i, seen), progress=False
-                )
-                return result["auc"]
+                return common.ranking_auc(task, lambda u, i: factor_scores(host_params, u, i, seen))
 
         reg_bias = config["reg"] if config["reg_bias"] is None else config["reg_bias"]
         result = common.fit_early_stopping(
@@ -196,18 +193,8 @@ class BPR:
         )
         self.params = result.params
         self.item_seen = seen_holder["seen"]
-        self.report = {
-            "model": self.name,
-            "factors": self.factors,
-            "config": {**self.config, **best},
-            "val_auc": result.best_score,
-            "best_epoch": result.best_epoch,
-            "grid": rows,
-            "seed": seed,
-            "seconds": time.perf_counter() - start,
-        }
-        if verbose:
-            print(f"[{self.name}] chose {best} val AUC {result.best_score:.4f} ({self.report['seconds']:.1f}s)", flush=True)
+        self.report = common.fit_report(self.name, best, {**self.config, **best}, "val_auc", result, rows, seed, start,
+                                        verbose, factors=self.factors)
         return self
 
     def score_matrix(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:

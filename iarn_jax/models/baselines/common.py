@@ -1,14 +1,18 @@
-"""Training utilities shared by the latent-factor baselines (MF, BPR, TimeSVD++).
+"""Training utilities shared by every baseline (MF, BPR, TimeSVD++, SASRec, NCF, Item2Vec, HieVH).
 
 * ``pair_arrays``: a ratings DataFrame -> dict of NumPy arrays.
 * ``make_epoch_fn``: one jit-compiled epoch = a shuffled pass over the examples
   in mini-batches, written as a ``lax.scan`` over batches. The last batch is
   padded with weight-0 examples so every epoch has the same static shape.
-* ``fit_early_stopping``: runs epochs, scores a validation metric every
-  ``eval_every`` epochs, keeps the best parameters, stops after ``patience``
-  evaluations without improvement.
+* ``early_stopping``: the one early-stopping rule of every baseline (epochs until
+  ``patience`` validation scores without improvement; keeps the best state);
+  ``fit_early_stopping`` runs it over ``make_epoch_fn`` epochs.
 * ``grid_search``: fits every configuration of a small grid and keeps the best
-  on the validation metric (never on test).
+  on the validation metric (never on test); ``select_and_refit`` adds the
+  optional refit of the chosen configuration on train + validation.
+* ``seen_mask``: which ids occur in the fit data.
+* Validation scores: ``clipped_rmse`` (rating models) and ``ranking_auc`` (BPR's full-ranking
+  validation AUC over a ``data.candidates.RankingTask``).
 
 Loss functions take ``(params, batch)`` where ``batch`` holds the per-example
 arrays gathered for the mini-batch plus ``"weight"`` (1 real, 0 padding) and
@@ -17,6 +21,7 @@ arrays gathered for the mini-batch plus ``"weight"`` (1 real, 0 padding) and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -26,6 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pandas as pd
+import scipy.stats
+
+from iarn_jax.data.candidates import RankingTask
 
 Params = Any
 LossFn = Callable[[Params, dict], jnp.ndarray]
@@ -114,14 +122,69 @@ def weighted_mean(values: jnp.ndarray, weight: jnp.ndarray) -> jnp.ndarray:
 
 @dataclasses.dataclass
 class FitResult:
-    """Best parameters (NumPy) and the training record of one configuration."""
+    """The best state and the training record of one configuration.
+
+    params: the best parameters (host NumPy for ``fit_early_stopping``; the whole trainer state for
+      the sparse-table models of ``_neural_common``); the last ones when nothing was validated.
+    best_score: the validation score of ``params`` (NaN without validation).
+    curve: [(epoch, train_loss, val_score)] of the evaluated epochs.
+    """
 
     params: Any
     best_epoch: int
     best_score: float
     epochs_run: int
     seconds: float
-    curve: list = dataclasses.field(default_factory=list)  # [(epoch, train_loss, val_score)]
+    curve: list = dataclasses.field(default_factory=list)
+
+
+def early_stopping(
+    state: Any,
+    run_epoch: Callable[[Any, int], tuple[Any, Any]],
+    evaluate: Optional[Callable[[Any], float]],
+    *,
+    max_epochs: int,
+    patience: int = 3,
+    eval_every: int = 1,
+    higher_is_better: bool = False,
+    min_delta: float = 0.0,
+    verbose: bool = False,
+    label: str = "fit",
+) -> FitResult:
+    """The one early-stopping rule of the baselines.
+
+    run_epoch(state, epoch) -> (state, train loss) runs epoch 1, 2, ...; ``evaluate(state)`` scores
+    every ``eval_every`` epochs and after the last one. The state with the best score is kept; an
+    evaluation that does not beat the best by more than ``min_delta`` counts as bad, and ``patience``
+    bad evaluations in a row stop the run. Without ``evaluate`` it runs ``max_epochs`` epochs and keeps
+    the last state (best_score NaN).
+    """
+    start = time.perf_counter()
+    sign = 1.0 if higher_is_better else -1.0
+    best_state, best_score, best_epoch, bad = None, -math.inf, 0, 0
+    curve = []
+    epoch = 0
+    for epoch in range(1, max_epochs + 1):
+        state, loss = run_epoch(state, epoch)
+        if evaluate is None or (epoch % eval_every and epoch != max_epochs):
+            if verbose and evaluate is None:
+                print(f"[{label}] epoch {epoch:3d}  train loss {float(loss):.4f}", flush=True)
+            continue
+        score = float(evaluate(state))
+        curve.append((epoch, float(loss), score))
+        if verbose:
+            print(f"[{label}] epoch {epoch:3d}  train loss {float(loss):.4f}  val {score:.4f}  "
+                  f"({time.perf_counter() - start:.1f}s)", flush=True)
+        if sign * score > best_score + min_delta:
+            best_state, best_score, best_epoch, bad = state, sign * score, epoch, 0
+        else:
+            bad += 1
+            if bad >= patience:
+                break
+    if best_state is None:  # no (finite) validation score: keep the last state
+        best_state, best_epoch, best_score = state, epoch, math.nan
+    return FitResult(params=best_state, best_epoch=best_epoch, best_score=sign * best_score, epochs_run=epoch,
+                     seconds=time.perf_counter() - start, curve=curve)
 
 
 def fit_early_stopping(
@@ -141,51 +204,30 @@ def fit_early_stopping(
     verbose: bool = True,
     label: str = "fit",
 ) -> FitResult:
-    """Mini-batch training with early stopping on ``val_score_fn(numpy_params)``.
+    """Mini-batch training (``make_epoch_fn``) with ``early_stopping`` on ``val_score_fn(numpy_params)``.
 
-    data_fn(epoch): optional per-epoch arrays merged into ``data`` (e.g. BPR's
-    freshly sampled negatives). Without ``val_score_fn`` it trains
-    ``max_epochs`` epochs and returns the last parameters.
+    data_fn(epoch): optional per-epoch arrays merged into ``data`` (e.g. BPR's freshly sampled
+    negatives). Returns the best parameters as NumPy arrays (the last ones without ``val_score_fn``).
     """
-    start = time.perf_counter()
     n_examples = int(next(iter(data.values())).shape[0])
     epoch_fn = make_epoch_fn(loss_fn, optimizer, n_examples, batch_size)
     device_data = {k: jnp.asarray(v) for k, v in data.items()}
-    opt_state = optimizer.init(params)
     rng = jax.random.PRNGKey(seed)
-    sign = 1.0 if higher_is_better else -1.0
-    best_params, best_score, best_epoch, bad = None, -math.inf, 0, 0
-    curve = []
-    epoch = 0
-    for epoch in range(1, max_epochs + 1):
+    to_host = functools.partial(jax.tree_util.tree_map, np.asarray)
+
+    def run_epoch(state, epoch):
         epoch_data = device_data
         if data_fn is not None:
             epoch_data = {**device_data, **{k: jnp.asarray(v) for k, v in data_fn(epoch).items()}}
-        params, opt_state, loss = epoch_fn(params, opt_state, epoch_data, jax.random.fold_in(rng, epoch))
-        if val_score_fn is None or (epoch % eval_every and epoch != max_epochs):
-            continue
-        host_params = jax.tree_util.tree_map(np.asarray, params)
-        score = float(val_score_fn(host_params))
-        curve.append((epoch, float(loss), score))
-        if verbose:
-            print(f"[{label}] epoch {epoch:3d}  train loss {float(loss):.4f}  val {score:.4f}", flush=True)
-        if sign * score > best_score:
-            best_params, best_score, best_epoch, bad = host_params, sign * score, epoch, 0
-        else:
-            bad += 1
-            if bad >= patience:
-                break
-    if best_params is None:  # no validation: keep the last parameters
-        best_params = jax.tree_util.tree_map(np.asarray, params)
-        best_epoch, best_score = epoch, math.nan
-    return FitResult(
-        params=best_params,
-        best_epoch=best_epoch,
-        best_score=sign * best_score if not math.isnan(best_score) else math.nan,
-        epochs_run=epoch,
-        seconds=time.perf_counter() - start,
-        curve=curve,
-    )
+        params, opt_state, loss = epoch_fn(*state, epoch_data, jax.random.fold_in(rng, epoch))
+        return (params, opt_state), loss
+
+    evaluate = None if val_score_fn is None else (lambda state: val_score_fn(to_host(state[0])))
+    result = early_stopping((params, optimizer.init(params)), run_epoch, evaluate, max_epochs=max_epochs,
+                            patience=patience, eval_every=eval_every, higher_is_better=higher_is_better,
+                            verbose=verbose, label=label)
+    result.params = to_host(result.params[0])
+    return result
 
 
 def grid_search(
@@ -247,6 +289,63 @@ def grid_search(
     return best_config, best_result, rows
 
 
+@dataclasses.dataclass
+class Selection:
+    """The outcome of ``select_and_refit``.
+
+    config: the chosen grid entry (overrides); result: its fit with validation (None when no
+    selection ran); final: the fit to keep (the refit, or ``result``); epochs: the refit's epoch
+    count (the best epoch, >= 1; None when no selection ran); rows: one per configuration tried;
+    refitted: whether ``final`` is the refit (on train + validation).
+    """
+
+    config: dict
+    result: Optional[FitResult]
+    final: FitResult
+    epochs: Optional[int]
+    rows: list
+    refitted: bool
+
+
+def select_and_refit(
+    grid: Sequence[dict],
+    fit_fn: Callable[[dict], FitResult],
+    refit_fn: Optional[Callable[[dict, Optional[int]], FitResult]] = None,
+    *,
+    refit: bool = False,
+    select: bool = True,
+    higher_is_better: bool = False,
+    verbose: bool = True,
+    label: str = "grid",
+    extend: Optional[dict] = None,
+) -> Selection:
+    """The baselines' model selection: ``grid_search`` with ``fit_fn`` (validation early stopping),
+    then, when ``refit`` (or ``select`` is False: nothing to choose on), ``refit_fn(config, epochs)``
+    retrains the chosen config on train + validation for its best epoch count (None: no selection)."""
+    if select:
+        config, result, rows = grid_search(grid, fit_fn, higher_is_better=higher_is_better, verbose=verbose,
+                                           label=label, extend=extend)
+        epochs = max(result.best_epoch, 1)
+    else:
+        config, result, rows, epochs = dict(grid[0]), None, [], None
+    if refit or result is None:
+        return Selection(config, result, refit_fn(config, epochs), epochs, rows, refitted=True)
+    return Selection(config, result, result, epochs, rows, refitted=False)
+
+
+def fit_report(name: str, chosen: dict, config: dict, metric: str, result: FitResult, rows: list, seed: int,
+               start: float, verbose: bool, **extra) -> dict:
+    """Logs the choice and returns the ``report`` of a model chosen by ``grid_search``:
+    {"model", "config", metric ("val_rmse" / "val_auc"), "best_epoch", "grid", "seed", **extra, "seconds"}."""
+    report = {"model": name, "config": config, metric: result.best_score, "best_epoch": result.best_epoch,
+              "grid": rows, "seed": seed, **extra, "seconds": time.perf_counter() - start}
+    if verbose:
+        label = {"val_rmse": "val RMSE", "val_auc": "val AUC"}.get(metric, metric)
+        print(f"[{name}] chose {chosen} {label} {result.best_score:.4f} (epoch {result.best_epoch}, "
+              f"{report['seconds']:.1f}s)", flush=True)
+    return report
+
+
 def expand_grid(**axes: Sequence) -> list[dict]:
     """Cartesian product of named axes, as a list of dicts (first axis slowest)."""
     configs = [{}]
@@ -260,3 +359,45 @@ def seen_mask(ids: np.ndarray, size: int) -> np.ndarray:
     mask = np.zeros(size, dtype=bool)
     mask[np.asarray(ids, dtype=np.int64)] = True
     return mask
+
+
+# -- validation scores (model selection; a baseline never imports evaluate/) ----------------------
+def clipped_rmse(pred, target, rating_scale) -> float:
+    """RMSE of predictions [N] clipped to the rating range against ratings [N] (NaN when N = 0)."""
+    target = np.asarray(target, np.float64)
+    if target.size == 0:
+        return math.nan
+    low, high = rating_scale
+    return float(np.sqrt(np.mean((np.clip(np.asarray(pred, np.float64), low, high) - target) ** 2)))
+
+
+def ranking_auc(task: RankingTask, score_matrix_fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                chunk_elements: int = 1 << 23) -> float:
+    """Mean full-ranking AUC (ties half) over the task's users with a positive, scored in chunks of
+    users by ``score_matrix_fn(users [U], task.universe [I]) -> [U, I]``; the AUC that
+    ``evaluate.ranking.evaluate_task`` reports for the same task."""
+    index = np.flatnonzero([p.size > 0 for p in task.positives])
+    chunk = max(1, chunk_elements // max(task.universe.size, 1))
+    aucs = []
+    for begin in range(0, index.size, chunk):
+        rows = index[begin:begin + chunk]
+        matrix = np.asarray(score_matrix_fn(task.users[rows], task.universe), np.float64)
+        for scores, i in zip(matrix, rows):
+            candidates = task.candidate_mask(i)
+            positive = np.zeros(task.universe.size, bool)
+            positive[task.positives[i]] = True
+            aucs.append(_auc(scores[candidates], positive[candidates]))
+    aucs = np.asarray(aucs, np.float64)
+    aucs = aucs[~np.isnan(aucs)]
+    return float(aucs.mean()) if aucs.size else math.nan
+
+
+def _auc(scores: np.ndarray, positives: np.ndarray) -> float:
+    """Mann-Whitney AUC of one candidate list (mid-ranks for ties); NaN without positives or negatives."""
+    n_pos = int(positives.sum())
+    n_neg = positives.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    rank_sum = float(scipy.stats.rankdata(scores)[positives].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+

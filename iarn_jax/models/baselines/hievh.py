@@ -66,6 +66,7 @@ import optax
 
 from iarn_jax.data.types import ProtocolSplit
 from iarn_jax.models.baselines import _neural_common as nc
+from iarn_jax.models.baselines import common
 
 DEFAULT_GRID = ({"l2": 0.05}, {"l2": 0.1}, {"l2": 0.2})
 
@@ -141,31 +142,24 @@ class HieVH:
         nc.log(verbose, f"[{self.name}] {split.name}: dim {dim}, {len(split.train)} train pairs, {n_features} features "
                         f"(paths {path_ids.shape[1]} x depth {path_ids.shape[2]}), grid {configs}")
         hier = (path_ids, path_mask, parents, max(n_features, 1))
-        results, best_res = [], None
-        if nc.has_validation(split) and (len(configs) > 1 or self.refit):
-            for c, overrides in enumerate(configs):
-                cfg = dataclasses.replace(self, **overrides)
-                res = cfg._train(split.train, split, hier, dim, seed, verbose, val=split.val, label=f"{self.name} {overrides}")
-                nc.log(verbose, f"[{self.name}] config {overrides}: val RMSE {res.best_metric:.4f} at epoch {res.best_epoch}")
-                results.append((res.best_metric, c, res))
-            best_metric, best_c, best_res = min(results, key=lambda t: (t[0], t[1]))
-            epochs = max(best_res.best_epoch, 1)
-        else:
-            best_c, best_metric, epochs = 0, float("nan"), self.max_epochs
-        best = dataclasses.replace(self, **configs[best_c])
-        if self.refit or best_res is None:
-            frame = nc.fit_frame(split, include_val=True)
-            final = best._train(frame, split, hier, dim, seed, verbose, epochs=epochs, label=f"{self.name} refit")
-        else:
-            final, frame = best_res, split.train
-        self.seen_ = nc.seen_mask(frame, split.n_items)
-        self.params_ = _export(final.state, path_ids, path_mask, seen=self.seen_)
+
+        def train_on(frame, overrides, **kwargs):
+            return dataclasses.replace(self, **overrides)._train(frame, split, hier, dim, seed, verbose, **kwargs)
+
+        selection = common.select_and_refit(
+            configs, lambda c: train_on(split.train, c, val=split.val, label=f"{self.name} {c}"),
+            lambda c, epochs: train_on(nc.fit_frame(split, include_val=True), c, epochs=epochs,
+                                       label=f"{self.name} refit"),
+            refit=self.refit, select=nc.has_validation(split) and (len(configs) > 1 or self.refit),
+            higher_is_better=False, verbose=bool(verbose), label=f"{self.name} grid")
+        frame = nc.fit_frame(split, include_val=True) if selection.refitted else split.train
+        state = selection.final.params
+        self.seen_ = common.seen_mask(frame["item"].to_numpy(np.int64), split.n_items)
+        self.params_ = _export(state, path_ids, path_mask, seen=self.seen_)
         self._predict = jax.jit(_predict_fn)
-        self.selection_ = {"config": configs[best_c], "val_rmse": best_metric, "epochs": epochs, "dim": dim,
-                           "level_weights": np.asarray(jax.nn.softplus(final.state["dense"]["level_logits"])).tolist(),
-                           "grid": [{"config": configs[c], "val_rmse": m, "epochs": r.best_epoch} for m, c, r in results],
-                           "seconds": time.perf_counter() - start}
-        nc.log(verbose, f"[{self.name}] chose {configs[best_c]} ({epochs} epochs) in {time.perf_counter() - start:.1f}s")
+        self.selection_ = nc.selection_record(
+            self.name, selection, configs, "val_rmse", self.max_epochs, start, verbose, dim=dim,
+            level_weights=np.asarray(jax.nn.softplus(state["dense"]["level_logits"])).tolist())
         return self
 
     def _train(self, frame, split, hier, dim, seed, verbose, *, val=None, epochs=None, label=""):
@@ -242,17 +236,17 @@ class HieVH:
             val_u = val["user"].to_numpy(np.int32)
             val_i = val["item"].to_numpy(np.int32)
             val_r = val["rating"].to_numpy(np.float64)
-            lo, hi = split.rating_scale
             predict = jax.jit(_predict_fn)
 
             def evaluate(state):
                 params = _export(state, path_ids_np, path_mask_np, mu)
                 pred = nc.chunked(lambda u, i: predict(params, u, i))(val_u, val_i)
-                return float(np.sqrt(np.mean((np.clip(pred, lo, hi) - val_r) ** 2)))
+                return common.clipped_rmse(pred, val_r, split.rating_scale)
 
-        res = nc.run_with_early_stopping(state, run_epoch, evaluate, max_epochs=epochs or self.max_epochs,
-                                         patience=self.patience, higher_is_better=False, verbose=verbose, label=label)
-        res.state = dict(res.state, mu=mu)
+        res = common.early_stopping(state, run_epoch, evaluate, max_epochs=epochs or self.max_epochs,
+                                    patience=self.patience, higher_is_better=False, min_delta=nc.MIN_DELTA,
+                                    verbose=verbose, label=label)
+        res.params = dict(res.params, mu=mu)
         return res
 
     # ------------------------------------------------------------------ inference

@@ -57,6 +57,7 @@ import numpy as np
 
 from iarn_jax.data.types import ProtocolSplit
 from iarn_jax.models.baselines import _neural_common as nc
+from iarn_jax.models.baselines import common
 
 DEFAULT_GRID = ({"window": None}, {"window": 3})
 
@@ -126,38 +127,28 @@ class SkipGramRecommender:
         configs = nc.grid_configs(self.grid)
         nc.log(verbose, f"[{self.name}] {split.name}: dim {dim}, {len(split.train)} train pairs, "
                         f"{n_features} features, grid {configs}")
-        results = []
-        best_res = None
-        if nc.has_validation(split) and (len(configs) > 1 or self.refit):
-            known = nc.UserItemIndex.from_frame(split.train, n_users, n_items)
-            pool = np.unique(split.train["item"].to_numpy(np.int64))
-            for c, overrides in enumerate(configs):
-                cfg = dataclasses.replace(self, **overrides)
-                res = cfg._train(known, feat_ids, feat_mask, n_features, dim, seed, verbose,
-                                 val=(split.val, pool), label=f"{self.name} {overrides}")
-                nc.log(verbose, f"[{self.name}] config {overrides}: val AUC {res.best_metric:.4f} at epoch {res.best_epoch}")
-                results.append((res.best_metric, c, res))
-            best_metric, best_c, best_res = max(results, key=lambda t: (t[0], -t[1]))
-            epochs = max(best_res.best_epoch, 1)
-        else:
-            best_c, best_metric, epochs = 0, float("nan"), self.max_epochs
-        best = dataclasses.replace(self, **configs[best_c])
-        if self.refit or best_res is None:
-            known = nc.UserItemIndex.from_frame(nc.fit_frame(split, include_val=True), n_users, n_items)
-            final = best._train(known, feat_ids, feat_mask, n_features, dim, seed, verbose, epochs=epochs,
-                                label=f"{self.name} refit")
-        else:
-            final = best_res
-        self.seen_ = np.zeros(n_items, bool)
-        self.seen_[known.items] = True
-        self.vectors_ = np.where(self.seen_[:, None], np.asarray(final.state["tables"]["in"][:n_items]), 0.0)
+
+        def train_on(frame, overrides, **kwargs):
+            known = nc.UserItemIndex.from_frame(frame, n_users, n_items)
+            return dataclasses.replace(self, **overrides)._train(known, feat_ids, feat_mask, n_features, dim, seed,
+                                                                 verbose, **kwargs)
+
+        pool = np.unique(split.train["item"].to_numpy(np.int64))
+        selection = common.select_and_refit(
+            configs, lambda c: train_on(split.train, c, val=(split.val, pool), label=f"{self.name} {c}"),
+            lambda c, epochs: train_on(nc.fit_frame(split, include_val=True), c, epochs=epochs,
+                                       label=f"{self.name} refit"),
+            refit=self.refit, select=nc.has_validation(split) and (len(configs) > 1 or self.refit),
+            higher_is_better=True, verbose=bool(verbose), label=f"{self.name} grid")
+        frame = nc.fit_frame(split, include_val=True) if selection.refitted else split.train
+        known = nc.UserItemIndex.from_frame(frame, n_users, n_items)
+        self.seen_ = common.seen_mask(known.items, n_items)
+        self.vectors_ = np.where(self.seen_[:, None], np.asarray(selection.final.params["tables"]["in"][:n_items]), 0.0)
         self.known_ = known
         self.profiles_ = _profiles(self.vectors_, known, self.similarity)
         self._normed = _normalise(self.vectors_) if self.similarity == "cosine" else self.vectors_
-        self.selection_ = {"config": configs[best_c], "val_auc": best_metric, "epochs": epochs, "dim": dim,
-                           "grid": [{"config": configs[c], "val_auc": m, "epochs": r.best_epoch} for m, c, r in results],
-                           "seconds": time.perf_counter() - start}
-        nc.log(verbose, f"[{self.name}] chose {configs[best_c]} ({epochs} epochs) in {time.perf_counter() - start:.1f}s")
+        self.selection_ = nc.selection_record(self.name, selection, configs, "val_auc", self.max_epochs, start, verbose,
+                                              dim=dim)
         return self
 
     def _train(self, known, feat_ids, feat_mask, n_features, dim, seed, verbose, *, val=None, epochs=None, label=""):
@@ -237,8 +228,9 @@ class SkipGramRecommender:
                 fn = lambda u, it: np.sum(profiles[u] * normed[it], axis=-1)
                 return nc.sampled_auc(fn, val_u, val_i, known, pool, seed=seed)
 
-        return nc.run_with_early_stopping(state, run_epoch, evaluate, max_epochs=epochs or self.max_epochs,
-                                          patience=self.patience, verbose=verbose, label=label)
+        return common.early_stopping(state, run_epoch, evaluate, max_epochs=epochs or self.max_epochs,
+                                     patience=self.patience, higher_is_better=True, min_delta=nc.MIN_DELTA,
+                                     verbose=verbose, label=label)
 
     def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         raise NotImplementedError(f"{self.name} is a ranking model (rates=False): it predicts no ratings")

@@ -35,7 +35,6 @@ import numpy as np
 import pandas as pd
 
 from iarn_jax.data.types import ProtocolSplit
-from iarn_jax.evaluate import metrics
 from iarn_jax.models.baselines import common
 
 DEFAULTS = dict(
@@ -153,7 +152,7 @@ class MF:
 
             def val_score_fn(host_params):
                 pred = predict_pairs(host_params, mu, val_users, val_items, xp=np)
-                return metrics.rmse(pred, val_rating, rating_scale)
+                return common.clipped_rmse(pred, val_rating, rating_scale)
 
         result = common.fit_early_stopping(
             params,
@@ -205,19 +204,8 @@ class MF:
             self.mu = float(split.train["rating"].mean())
             self.params = result.params
             self.item_seen = common.seen_mask(split.train["item"].to_numpy(np.int64), split.n_items)
-        self.report = {
-            "model": self.name,
-            "factors": self.factors,
-            "config": config,
-            "val_rmse": result.best_score,
-            "best_epoch": result.best_epoch,
-            "grid": rows,
-            "refit": self.refit,
-            "seed": seed,
-            "seconds": time.perf_counter() - start,
-        }
-        if verbose:
-            print(f"[{self.name}] chose {best} val RMSE {result.best_score:.4f} ({self.report['seconds']:.1f}s)", flush=True)
+        self.report = common.fit_report(self.name, best, config, "val_rmse", result, rows, seed, start, verbose,
+                                        factors=self.factors, refit=self.refit)
         return self
 
     # --------------------------------------------------------------- inference

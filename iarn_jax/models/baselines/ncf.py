@@ -39,6 +39,7 @@ import optax
 
 from iarn_jax.data.types import ProtocolSplit
 from iarn_jax.models.baselines import _neural_common as nc
+from iarn_jax.models.baselines import common
 
 DEFAULT_GRID = ({"l2": 1e-5}, {"l2": 1e-4})
 
@@ -87,36 +88,25 @@ class NCF:
         n_users, n_items = split.n_users, split.n_items
         configs = nc.grid_configs(self.grid)
         nc.log(verbose, f"[{self.name}] {split.name}: dim {dim}, {len(split.train)} train pairs, grid {configs}")
-        results = []
-        if nc.has_validation(split) and (len(configs) > 1 or self.refit):
-            known = nc.UserItemIndex.from_frame(split.train, n_users, n_items)
-            pool = np.unique(split.train["item"].to_numpy(np.int64))
-            for c, overrides in enumerate(configs):
-                cfg = dataclasses.replace(self, **overrides)
-                res = cfg._train(split.train, known, pool, dim, seed, verbose, split=split, label=f"{self.name} {overrides}")
-                nc.log(verbose, f"[{self.name}] config {overrides}: val AUC {res.best_metric:.4f} at epoch {res.best_epoch}")
-                results.append((res.best_metric, c, res))
-            best_metric, best_c, best_res = max(results, key=lambda t: (t[0], -t[1]))
-            best = dataclasses.replace(self, **configs[best_c])
-            epochs = max(best_res.best_epoch, 1)
-        else:
-            best, best_c, best_metric, best_res, epochs = dataclasses.replace(self, **configs[0]), 0, float("nan"), None, self.max_epochs
-        if self.refit or best_res is None:
-            frame = nc.fit_frame(split, include_val=True)
+
+        def train_on(frame, overrides, **kwargs):
             known = nc.UserItemIndex.from_frame(frame, n_users, n_items)
             pool = np.unique(frame["item"].to_numpy(np.int64))
-            final = best._train(frame, known, pool, dim, seed, verbose, split=None, epochs=epochs, label=f"{self.name} refit")
-            state = final.state
-        else:
-            state = best_res.state
-            frame = split.train
-        self.seen_ = nc.seen_mask(frame, n_items)
-        self.params_ = {"tables": state["tables"], "dense": state["dense"], "mlp_layers": tuple(best.mlp_layers)}
-        self._score_all = _make_score_all(tuple(best.mlp_layers))
-        self.selection_ = {"config": configs[best_c], "val_auc": best_metric, "epochs": epochs, "dim": dim,
-                           "grid": [{"config": configs[c], "val_auc": m, "epochs": r.best_epoch} for m, c, r in results],
-                           "seconds": time.perf_counter() - start}
-        nc.log(verbose, f"[{self.name}] chose {configs[best_c]} ({epochs} epochs) in {time.perf_counter() - start:.1f}s")
+            return dataclasses.replace(self, **overrides)._train(frame, known, pool, dim, seed, verbose, **kwargs)
+
+        selection = common.select_and_refit(
+            configs, lambda c: train_on(split.train, c, split=split, label=f"{self.name} {c}"),
+            lambda c, epochs: train_on(nc.fit_frame(split, include_val=True), c, epochs=epochs, label=f"{self.name} refit"),
+            refit=self.refit, select=nc.has_validation(split) and (len(configs) > 1 or self.refit),
+            higher_is_better=True, verbose=bool(verbose), label=f"{self.name} grid")
+        frame = nc.fit_frame(split, include_val=True) if selection.refitted else split.train
+        state = selection.final.params
+        mlp_layers = tuple(dataclasses.replace(self, **selection.config).mlp_layers)
+        self.seen_ = common.seen_mask(frame["item"].to_numpy(np.int64), n_items)
+        self.params_ = {"tables": state["tables"], "dense": state["dense"], "mlp_layers": mlp_layers}
+        self._score_all = _make_score_all(mlp_layers)
+        self.selection_ = nc.selection_record(self.name, selection, configs, "val_auc", self.max_epochs, start, verbose,
+                                              dim=dim)
         return self
 
     def _train(self, frame, known, pool, dim, seed, verbose, *, split=None, epochs=None, label=""):
@@ -164,8 +154,9 @@ class NCF:
                 fn = nc.chunked(lambda u, i: score_pairs(state["tables"], state["dense"], u, i))
                 return nc.sampled_auc(fn, val_u, val_i, known, pool, seed=seed)
 
-        return nc.run_with_early_stopping(state, run_epoch, evaluate, max_epochs=epochs or self.max_epochs,
-                                          patience=self.patience, verbose=verbose, label=label)
+        return common.early_stopping(state, run_epoch, evaluate, max_epochs=epochs or self.max_epochs,
+                                     patience=self.patience, higher_is_better=True, min_delta=nc.MIN_DELTA,
+                                     verbose=verbose, label=label)
 
     # ------------------------------------------------------------------ inference
     def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:

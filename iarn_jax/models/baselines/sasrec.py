@@ -273,11 +273,8 @@ class SASRec:
         # test-time user representations: last step of the whole training-period sequence
         windows = last_windows(user_sequences(history, n_users), np.arange(n_users), self.max_len, n_items)
         self.user_repr = _user_representations(self._last_step, self.params, windows, n_items)
-        self.report = {"model": self.name, "max_len": self.max_len, "config": config, "val_auc": result.best_score,
-                       "best_epoch": result.best_epoch, "grid": rows, "seed": seed,
-                       "seconds": time.perf_counter() - start}
-        nc.log(verbose, f"[{self.name}] chose {best} val AUC {result.best_score:.4f} (epoch {result.best_epoch}, "
-                        f"{self.report['seconds']:.1f}s)")
+        self.report = common.fit_report(self.name, best, config, "val_auc", result, rows, seed, start, verbose,
+                                        max_len=self.max_len)
         return self
 
     # ------------------------------------------------------------------ inference

@@ -56,7 +56,6 @@ import numpy as np
 import pandas as pd
 
 from iarn_jax.data.types import ProtocolSplit
-from iarn_jax.evaluate import metrics
 from iarn_jax.models.baselines import common
 from iarn_jax.models.baselines.mf import default_factors
 
@@ -262,7 +261,7 @@ class TimeSVDpp:
 
             def val_score_fn(host_params):
                 pred = self._predict_host(host_params, val_features)
-                return metrics.rmse(pred, val_rating, split.rating_scale)
+                return common.clipped_rmse(pred, val_rating, split.rating_scale)
 
         return common.fit_early_stopping(
             self._init_params(self.factors, config["init_std"], seed),
@@ -299,19 +298,8 @@ class TimeSVDpp:
         self.params = result.params
         self.config = {**self.config, **best}
         self._implicit_cache = self._implicit_users(self.params["implicit"], np)
-        self.report = {
-            "model": self.name,
-            "factors": self.factors,
-            "config": self.config,
-            "val_rmse": result.best_score,
-            "best_epoch": result.best_epoch,
-            "grid": rows,
-            "seed": seed,
-            "time_unit": self.clock.time_unit,
-            "seconds": time.perf_counter() - start,
-        }
-        if verbose:
-            print(f"[{self.name}] chose {best} val RMSE {result.best_score:.4f} ({self.report['seconds']:.1f}s)", flush=True)
+        self.report = common.fit_report(self.name, best, self.config, "val_rmse", result, rows, seed, start, verbose,
+                                        factors=self.factors, time_unit=self.clock.time_unit)
         return self
 
     # -------------------------------------------------------------- inference
