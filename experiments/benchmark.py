@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -226,41 +225,6 @@ def run_speed(*, batch_sizes: Sequence[int] = (64, 512), history_len: int = 50, 
 
 # -- input pipeline ---------------------------------------------------------------------------------
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
-
-
-_PIPELINE_CHILD = r"""
-import json, sys, time, resource
-import numpy as np, pandas as pd
-from iarn_jax.data import batching, histories
-n = int(sys.argv[1]); batch_size = int(sys.argv[2]); max_len = int(sys.argv[3])
-rng = np.random.default_rng(0)
-n_users, n_items = max(n // 50, 10), max(n // 100, 10)  # 50 ratings per user, 100 per item on average
-popularity = np.exp(rng.normal(0.0, 1.0, n_items)); popularity /= popularity.sum()
-df = pd.DataFrame({"user": rng.integers(0, n_users, n), "item": rng.choice(n_items, n, p=popularity),
-                   "rating": rng.integers(1, 6, n).astype(np.float32), "time": rng.integers(0, 10**9, n)})
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-c0 = time.process_time()
-t0 = time.perf_counter()
-uh, ih = histories.build_histories(df, n_users, n_items)
-t1 = time.perf_counter()
-pairs = histories.make_pairs(df, uh, ih, mode="full")
-t2 = time.perf_counter()
-plan = batching.make_batch_plan(pairs, batch_size, seed=0, epoch=0, max_len=max_len)
-t3 = time.perf_counter()
-c3 = time.process_time()
-k = min(len(plan), 100)
-for j in range(k):
-    batching.materialize(plan[j], pairs, uh, ih, max_len=max_len)
-t4 = time.perf_counter()
-print(json.dumps({"ratings": n, "histories_s": t1 - t0, "pairs_s": t2 - t1, "plan_s": t3 - t2,
-                  "total_s": t3 - t0, "total_cpu_s": c3 - c0, "batch_ms": 1e3 * (t4 - t3) / k, "batches": len(plan),
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-                  "rss_before_mb": base}))
-"""
-
-
 def run_pipeline(sizes: Sequence[int] = (1_000_000, 3_000_000, 10_000_000), batch_size: int = 512,
                  max_len: int = 256) -> list:
     """Histories + pairs + one epoch's batch plan for synthetic rating tables of each size (50 ratings
@@ -269,7 +233,7 @@ def run_pipeline(sizes: Sequence[int] = (1_000_000, 3_000_000, 10_000_000), batc
     NumPy baseline ``rss_before_mb``) and the host time to build one batch (capped at ``max_len``)."""
     results = []
     for n in sizes:
-        proc = subprocess.run([sys.executable, "-c", _PIPELINE_CHILD, str(n), str(batch_size), str(max_len)],
+        proc = subprocess.run([sys.executable, "-m", "experiments._bench_pipeline", str(n), str(batch_size), str(max_len)],
                               capture_output=True, text=True, check=True)
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     return results
@@ -376,21 +340,12 @@ def run_converge(protocol: str = "clothing", data_root: Optional[str] = None, se
 
 # -- scaling over forced host devices ---------------------------------------------------------------
 
-_SCALE_CHILD = r"""
-import json, sys
-from experiments.benchmark import model_config, train_step_rate
-b, t = int(sys.argv[1]), int(sys.argv[2])
-cfg = model_config()
-print(json.dumps({"rate": train_step_rate(cfg, b, t, steps=3, repeats=3)}))
-"""
-
-
 def run_scale(device_counts: Sequence[int] = (1, 2, 4), batch_size: int = 512, history_len: int = 50) -> dict:
     """Train-step examples/s with the batch sharded over N forced host devices (subprocesses)."""
     out = {}
     for n in device_counts:
         env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}", "JAX_PLATFORMS": "cpu"}
-        proc = subprocess.run([sys.executable, "-c", _SCALE_CHILD, str(batch_size), str(history_len)],
+        proc = subprocess.run([sys.executable, "-m", "experiments._bench_scale", str(batch_size), str(history_len)],
                               capture_output=True, text=True, env=env, check=True)
         out[f"train_examples_per_second_{n}dev"] = json.loads(proc.stdout.strip().splitlines()[-1])["rate"]
     return out
