@@ -61,10 +61,14 @@ def load_split(
                                          rating_scale=rating_scale)
     if rating_scale is not None:
         raise ValueError("--rating_scale applies to --data=csv:PATH / parquet:PATH only")
-    if protocol_kwargs is None:
-        protocol_kwargs = configs.get_config(protocol).protocol_kwargs.to_dict() if protocol in configs.PROTOCOLS else {}
+    kwargs = _protocol_kwargs(protocol) if protocol_kwargs is None else protocol_kwargs
     return protocols.load_protocol(protocol, data_root or None, seed=seed, min_len=min_len, val_mode=val_mode,
-                                   **protocol_kwargs)
+                                   **kwargs)
+
+
+def _protocol_kwargs(protocol: str) -> dict:
+    """The protocol config's extra arguments of ``load_protocol`` (e.g. the synthetic data's size)."""
+    return configs.get_config(protocol).protocol_kwargs.to_dict() if protocol in configs.PROTOCOLS else {}
 
 
 BASELINE_NAMES = {"bias": "bias-only", "mf": "MF"}
@@ -136,8 +140,9 @@ def run_experiment(
     run_records.check_workdir(workdir, resume=resume, overwrite=overwrite)
     if config is None:
         config = configs.get_config("custom" if data else protocol)
+    protocol_kwargs = config.protocol_kwargs.to_dict()
     split = load_split(protocol, data_root, data=data, cut=cut, min_len=min_len, seed=split_seed,
-                       rating_scale=rating_scale, protocol_kwargs=config.protocol_kwargs.to_dict())
+                       rating_scale=rating_scale, protocol_kwargs=protocol_kwargs)
     name = split.name
     model_config, train_config = build_configs(
         config, split, variant=model, seed=seed, objective=objective, history=history,
@@ -147,6 +152,8 @@ def run_experiment(
     is_main = jax.process_index() == 0  # JSON outputs come from process 0 only
     run_info = {"protocol": protocol, "data_root": str(data_root) if data_root else None, "data": data, "cut": cut,
                 "min_len": min_len, "split_seed": split_seed}
+    if not data and protocol_kwargs != _protocol_kwargs(protocol):  # e.g. another synthetic data size
+        run_info["protocol_kwargs"] = protocol_kwargs
     run_records.check_run_info(workdir, run_info, resume=resume)
     if workdir is not None and is_main:
         pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
