@@ -64,7 +64,7 @@ def test_top_level_config_files_are_the_package_configs(name):
 
 
 def test_unknown_protocol_is_refused():
-    with pytest.raises(ValueError, match="no config for protocol 'nope'"):
+    with pytest.raises(ValueError, match="unknown protocol 'nope'"):
         configs.get_config("nope")
 
 

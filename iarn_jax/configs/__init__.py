@@ -24,5 +24,5 @@ PROTOCOLS = ("synthetic", "clothing", "ml100k", "mlsmall")  # the named protocol
 def get_config(protocol: str) -> ml_collections.ConfigDict:
     """The locked config of ``protocol`` (a named protocol or "custom")."""
     if protocol not in CONFIG_MODULES:
-        raise ValueError(f"no config for protocol {protocol!r}; choose one of {', '.join(CONFIG_MODULES)}")
+        raise ValueError(f"unknown protocol {protocol!r} (no config file); choose one of {', '.join(CONFIG_MODULES)}")
     return importlib.import_module(f"{__name__}.{CONFIG_MODULES[protocol]}").get_config()
