@@ -65,12 +65,23 @@ def guarded(main: Callable) -> Callable:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, but a bad flag value is one line and exit status 2."""
+    """absl's parser, but a bad flag value (or config field) is one line and exit status 2."""
     try:
         return FLAGS(argv)
-    except flags.Error as error:
+    except flags.UnrecognizedFlagError as error:
+        if error.flagname.startswith("config."):  # an override without a config file to override
+            error = app.UsageError(f"--{error.flagname} needs --config=FILE before it (e.g. configs/ml100k.py)")
         fail(error)
         raise  # unreachable
+    except (flags.Error, SyntaxError) as error:  # SyntaxError: a --config file that is not Python
+        fail(error)
+        raise  # unreachable
+    except (AttributeError, KeyError) as error:  # ml_collections: --config.X of a field the config lacks
+        field = str(error).strip("'\"")
+        named = [arg for arg in argv if arg.startswith("--config.") and field in arg.split("=")[0].split(".")]
+        if not named:
+            raise
+        fail(app.UsageError(f"{named[0]}: the config has no field '{field}'"))
 
 
 def run_main(main: Callable) -> None:

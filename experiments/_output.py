@@ -5,7 +5,8 @@ Call ``quiet_output()`` first thing in a launcher's ``main``:
 * absl (and orbax, which logs through absl) INFO lines are off unless ``--verbosity`` was given;
 * JAX's "Unable to initialize backend 'tpu'" probe message is dropped on CPU / GPU machines
   (it is an INFO record of the ``jax._src.xla_bridge`` logger; the rest of that logger stays);
-* ``--nouse_tqdm`` turns progress bars into plain periodic lines (also the case off a terminal).
+* ``--nouse_tqdm`` (``experiments._flags``) turns progress bars into plain periodic lines (also the
+  case off a terminal).
 """
 from __future__ import annotations
 
@@ -16,8 +17,6 @@ from absl import flags, logging
 from iarn_jax import progress
 
 FLAGS = flags.FLAGS
-if "use_tqdm" not in FLAGS:
-    flags.DEFINE_bool("use_tqdm", True, "Progress bars on a terminal (plain periodic lines otherwise).")
 
 
 class _DropTpuProbe(std_logging.Filter):
@@ -26,7 +25,7 @@ class _DropTpuProbe(std_logging.Filter):
 
 
 def quiet_output() -> None:
-    """Applies the flags above (after absl has parsed them)."""
+    """Applies ``--verbosity`` and ``--use_tqdm`` (after absl has parsed them)."""
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     std_logging.getLogger("jax._src.xla_bridge").addFilter(_DropTpuProbe())

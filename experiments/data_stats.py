@@ -3,33 +3,29 @@ r"""Print a protocol's data statistics (the paper's Table 1 plus split sizes).
   python -m experiments.data_stats --protocol=clothing
   python -m experiments.data_stats --protocol=synthetic --json
   python -m experiments.data_stats --data=ml-dat:/data/ml-1m --cut=2002-01-01
+
+--data needs --cut unless the data carries its own split; --seed (= --split_seed) seeds the
+validation split.
 """
 from __future__ import annotations
 
+import functools
 import json
 import sys
 
-from absl import app, flags
+from absl import flags
 
+from experiments import _cli, _flags
 from iarn_jax.data import protocols
 
 FLAGS = flags.FLAGS
 
 
+@functools.cache  # once per process
 def define_flags() -> None:
-    """Define this launcher's flags (only when run as a program, so importing the
-    module from tests or other launchers never clashes with their flags)."""
-    flags.DEFINE_enum("protocol", "synthetic", list(protocols.PROTOCOL_NAMES), "Named protocol.")
-    flags.DEFINE_string("data_root", None, "The shared/data folder (default: ../shared/data next to the repo).")
-    flags.DEFINE_string("data", None, "Custom data as FORMAT:PATH (overrides --protocol); needs --cut "
-                        "unless the data carries its own split.")
-    flags.DEFINE_string("cut", None, "Time cut for --data: a date (UTC) like 2002-01-01, or unix seconds.")
-    flags.DEFINE_integer("min_len", 3, "Keep users/items with at least this many training ratings.")
-    flags.DEFINE_integer("seed", 123, "Seed of the validation split.")
+    _flags.define("protocol", "data_root", "data", "cut", "min_len", "split_seed", "rating_scale", "json")
+    flags.DEFINE_alias("seed", "split_seed")  # this launcher's --seed is the split's
     flags.DEFINE_enum("val_mode", "random", ["random", "temporal"], "Validation split mode.")
-    flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
-    flags.DEFINE_string("rating_scale", None, "LOW,HIGH rating scale of --data=csv:/parquet: tables (default: "
-                        "the first standard scale holding every rating).")
 
 
 _TABLE = (("n_users", "#User"), ("n_items", "#Item"), ("n_ratings", "#Rating"), ("n_features", "#Feature"),
@@ -65,15 +61,13 @@ def format_stats(stats: dict) -> str:
 
 
 def main(argv):
-    del argv
+    _flags.check_no_arguments(argv)
     # bad data or flags: one clear line, exit status 2 (experiments._cli.run_main)
     stats = compute_stats(FLAGS.protocol, FLAGS.data_root, FLAGS.data, FLAGS.cut, FLAGS.min_len,
-                          FLAGS.seed, FLAGS.val_mode, FLAGS.rating_scale)
+                          FLAGS.split_seed, FLAGS.val_mode, FLAGS.rating_scale)
     sys.stdout.write((json.dumps(stats) if FLAGS.json else format_stats(stats)) + "\n")
 
 
 if __name__ == "__main__":
-    from experiments import _cli
-
     define_flags()
     _cli.run_main(main)

@@ -7,37 +7,37 @@ On the work directory of a finished ``python -m experiments.train --workdir=DIR`
   python -m experiments.explain --workdir=runs/ml100k --json
   python -m experiments.explain --workdir=runs/mine --data=ml-dat:/data/ml-1m --cut=2002-01-01
 
---user / --item are the source's original ids. Prints the predicted rating and both histories
+--user / --item are the source's original ids; --data_root / --data / --cut default to the run's. Prints the predicted rating and both histories
 (user: items, item: users) with each step's gate; --png writes the Figure-5 style picture (needs
 matplotlib); --json prints the explanation as JSON instead of text.
 """
 from __future__ import annotations
 
+import functools
 import sys
 
 from absl import app, flags
 
-from experiments import _output
+from experiments import _cli, _flags, _output
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Work directory of a finished experiments.train run.", required=True)
-flags.DEFINE_string("user", None, "Original user id (default: the first test pair's).")
-flags.DEFINE_string("item", None, "Original item id (default: the first test pair's).")
-flags.DEFINE_string("data_root", None, "Data folder (default: the one recorded in the run).")
-flags.DEFINE_string("data", None, "Custom data as FORMAT:PATH, as for experiments.train (default: the run's).")
-flags.DEFINE_string("cut", None, "Global time cut for --data (YYYY-MM-DD, UTC).")
-flags.DEFINE_string("png", None, "Write the Figure-5 style picture here.")
-flags.DEFINE_bool("json", False, "Print the explanation as JSON.")
-flags.DEFINE_integer("max_steps", 20, "Steps per row in the picture; the text shows all (see --text_steps).")
-flags.DEFINE_integer("text_steps", None, "Show only the most recent N steps of each history in the text.")
+
+
+@functools.cache  # once per process
+def define_flags() -> None:
+    _flags.define("workdir", "data_root", "data", "cut", "json", "use_tqdm")
+    flags.mark_flag_as_required("workdir")
+    flags.DEFINE_string("user", None, "Original user id (default: the first test pair's).")
+    flags.DEFINE_string("item", None, "Original item id (default: the first test pair's).")
+    flags.DEFINE_string("png", None, "Write the Figure-5 style picture here.")
+    flags.DEFINE_integer("max_steps", 20, "Steps per row in the picture; the text shows all (see --text_steps).")
+    flags.DEFINE_integer("text_steps", None, "Show only the most recent N steps of each history in the text.")
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _flags.check_no_arguments(argv)
     _output.quiet_output()  # absl / orbax INFO lines only with --verbosity
-    if FLAGS.data and not FLAGS.cut:
-        raise app.UsageError("--data needs --cut=YYYY-MM-DD (the global time cut)")
+    _flags.check_data_cut()
     if (FLAGS.user is None) != (FLAGS.item is None):
         raise app.UsageError("give both --user and --item (original ids), or neither (the first test pair)")
     from iarn_jax.interpret.explain import explain, load_run
@@ -71,6 +71,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from experiments import _cli
-
+    define_flags()
     _cli.run_main(main)  # data / flag / run-state errors: one line, exit status 2

@@ -13,22 +13,25 @@ history steps that drove each score.
 """
 from __future__ import annotations
 
+import functools
+
 from absl import app, flags
 
-from experiments import _output
+from experiments import _cli, _flags, _output
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Work directory of a finished experiments.train run.")
-flags.DEFINE_string("model_path", None, "A saved model (iarn_jax.save_model).")
-flags.DEFINE_string("user", None, "Original user id.")
-flags.DEFINE_string("history", None, "Ratings given now: ITEM:RATING[:TIME],... (original item ids).")
-flags.DEFINE_integer("k", 10, "Number of recommendations.")
-flags.DEFINE_bool("explain", False, "Show the history steps that drove each score.")
-flags.DEFINE_bool("include_seen", False, "Also rank the items the user has already rated.")
-flags.DEFINE_string("data_root", None, "Data folder (default: the one recorded in the run).")
-flags.DEFINE_string("data", None, "Custom data as FORMAT:PATH, as for experiments.train (with --workdir).")
-flags.DEFINE_string("cut", None, "Global time cut for --data (YYYY-MM-DD, UTC).")
-flags.DEFINE_string("save_model", None, "Also save the loaded run as a servable model folder here.")
+
+
+@functools.cache  # once per process
+def define_flags() -> None:
+    _flags.define("workdir", "data_root", "data", "cut", "use_tqdm")
+    flags.DEFINE_string("model_path", None, "A saved model (iarn_jax.save_model).")
+    flags.DEFINE_string("user", None, "Original user id.")
+    flags.DEFINE_string("history", None, "Ratings given now: ITEM:RATING[:TIME],... (original item ids).")
+    flags.DEFINE_integer("k", 10, "Number of recommendations.")
+    flags.DEFINE_bool("explain", False, "Show the history steps that drove each score.")
+    flags.DEFINE_bool("include_seen", False, "Also rank the items the user has already rated.")
+    flags.DEFINE_string("save_model", None, "Also save the loaded run as a servable model folder here.")
 
 
 def parse_history_flag(text: str) -> list:
@@ -76,8 +79,7 @@ def load(workdir, model_path, *, data_root=None, data=None, cut=None):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _flags.check_no_arguments(argv)
     _output.quiet_output()
     import iarn_jax
 
@@ -100,6 +102,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from experiments import _cli
-
+    define_flags()
     _cli.run_main(main)  # data / flag / run-state errors: one line, exit status 2

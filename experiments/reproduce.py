@@ -11,8 +11,8 @@ r"""Reproduce the paper's comparison (Table 2) and backbone study (Figure 3) on 
 Every method is fitted on the same split and evaluated with the same metrics: test RMSE / MAE of
 clipped predictions (rating models), full-ranking AUC / NDCG@10 / HR@10 over a fixed, seeded sample
 of test users (1000; 500 on MovieLens). The IARN variants (RNN, LSTM, TAGM, IARN) train with the
-protocol's defaults (``training.experiment``), capped by ``--iarn_max_seconds`` and ``--max_len``.
-Each finished method is cached in ``WORKDIR/methods/`` (IARN checkpoints in
+protocol's config file (``configs/``), capped by ``--iarn_max_seconds`` and ``--max_len``.
+Each finished method is cached in ``WORKDIR/methods/`` (default ``runs/reproduce_PROTOCOL``; IARN checkpoints in
 ``WORKDIR/iarn_runs/``), so a re-run resumes; ``--fresh`` ignores the cache.
 
 Outputs (WORKDIR): ``table2.md``, ``table2.json`` (rows + protocol, data checksum, seeds, users,
@@ -24,28 +24,25 @@ seconds; null where a metric does not apply).
 """
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import shutil
 import time
 
-from absl import app, flags
+from absl import flags
 
-from experiments import _output
+from experiments import _cli, _flags, _output
 from iarn_jax import jsonio
 from iarn_jax.reports import figures, registry, runner, tables
 
 FLAGS = flags.FLAGS
 
 
+@functools.cache  # once per process
 def define_flags() -> None:
-    """The launcher's flags (defined when run as a program, so importing this module from tests or
-    notebooks does not claim flag names that another launcher defines too)."""
-    flags.DEFINE_enum("protocol", "synthetic", ["synthetic", "clothing", "ml100k", "mlsmall"], "Named protocol.")
-    flags.DEFINE_string("data_root", None, "Folder holding the datasets (default: ../shared/data).")
-    flags.DEFINE_string("data", None, "Custom data as FORMAT:PATH (e.g. ml-dat:/data/ml-1m) instead of --protocol; "
-                        "needs --cut.")
-    flags.DEFINE_string("cut", None, "Global time cut for --data (YYYY-MM-DD, UTC).")
+    _flags.define("protocol", "data_root", "data", "cut", "workdir", "results_json", "seed", "split_seed",
+                  "use_tqdm")
     flags.DEFINE_integer("table", None, "2: the Table 2 comparison.")
     flags.DEFINE_integer("figure", None, "3: RMSE by minimum history length for RNN / LSTM / TAGM / IARN; "
                          "4: IARN-Plain vs IARN with feature encoders.")
@@ -53,14 +50,10 @@ def define_flags() -> None:
                         "plain,flat:target,hier:target,hier:step on clothing, plain,flat:target,flat:step else).")
     flags.DEFINE_string("methods", None, f"Comma-separated subset of: {', '.join(registry.METHODS)} "
                         "(default: Table 2's methods).")
-    flags.DEFINE_string("workdir", None, "Cache and outputs (default: runs/reproduce_PROTOCOL).")
-    flags.DEFINE_string("results_json", None, "Write the Table 2 rows here as a JSON list.")
     flags.DEFINE_float("iarn_max_seconds", None, "Training time cap of each IARN variant (TrainConfig.max_seconds).")
     flags.DEFINE_integer("max_len", None, "History cap of the IARN variants (TrainConfig.max_len; default: protocol's).")
     flags.DEFINE_integer("n_eval_users", None, "Evaluated users (default 1000, 500 on MovieLens).")
     flags.DEFINE_integer("eval_seed", 0, "Seed of the evaluated-user sample.")
-    flags.DEFINE_integer("seed", 0, "Seed of every method's initialisation and sampling.")
-    flags.DEFINE_integer("split_seed", 123, "Seed of the validation split.")
     flags.DEFINE_bool("fresh", False, "Ignore (and delete) the workdir's cached methods.")
     flags.DEFINE_bool("quiet", False, "Less progress output.")
 
@@ -136,20 +129,16 @@ def _write_outputs(workdir: pathlib.Path, name: str, text: str, record: dict, ro
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _flags.check_no_arguments(argv)
     _output.quiet_output()
-    if FLAGS.data and not FLAGS.cut:
-        raise app.UsageError("--data needs --cut=YYYY-MM-DD (the global time cut)")
-    reproduce(FLAGS.protocol, data_root=FLAGS.data_root, data=FLAGS.data, cut=FLAGS.cut, table=FLAGS.table, figure=FLAGS.figure,
-              methods=FLAGS.methods, workdir=FLAGS.workdir, results_json=FLAGS.results_json,
-              iarn_max_seconds=FLAGS.iarn_max_seconds, encoders=FLAGS.encoders, max_len=FLAGS.max_len, n_eval_users=FLAGS.n_eval_users,
-              eval_seed=FLAGS.eval_seed, seed=FLAGS.seed, split_seed=FLAGS.split_seed, fresh=FLAGS.fresh,
-              verbose=not FLAGS.quiet)
+    _flags.check_data_cut()
+    reproduce(FLAGS.protocol, data_root=FLAGS.data_root, data=FLAGS.data, cut=FLAGS.cut, table=FLAGS.table,
+              figure=FLAGS.figure, methods=FLAGS.methods, workdir=FLAGS.workdir, results_json=FLAGS.results_json,
+              iarn_max_seconds=FLAGS.iarn_max_seconds, encoders=FLAGS.encoders, max_len=FLAGS.max_len,
+              n_eval_users=FLAGS.n_eval_users, eval_seed=FLAGS.eval_seed, seed=FLAGS.seed,
+              split_seed=FLAGS.split_seed, fresh=FLAGS.fresh, verbose=not FLAGS.quiet)
 
 
 if __name__ == "__main__":
-    from experiments import _cli
-
     define_flags()
     _cli.run_main(main)  # data / flag / run-state errors: one line, exit status 2

@@ -297,6 +297,7 @@ def _train_main(argv, capsys) -> tuple[int, str]:
     """experiments.train's main, in-process, through the launcher's flag parser and error path."""
     from experiments import train as train_cli
 
+    train_cli.define_flags()  # launchers define their flags when run (once per process)
     FLAGS.unparse_flags()
     try:
         rest = _cli.parse_flags(["train", *argv])
