@@ -260,6 +260,7 @@ def test_timesvdpp_matches_explicit_formula_and_learns():
     np.testing.assert_allclose(model.predict(users, items), model.predict_at(users, items, np.full(users.size, after)), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_timesvdpp_row_order_time():
     split = low_rank_split(seed=2)
     order_split = split_from(

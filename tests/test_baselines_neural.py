@@ -148,6 +148,7 @@ def test_ncf_ranks_planted_group_items_first(split):
         model.predict(np.array([0]), np.array([0]))
 
 
+@pytest.mark.slow
 def test_ncf_grid_selection_uses_validation(split):
     model = NCF(dim=4, batch_size=256, max_epochs=2, patience=2, grid=({"l2": 0.0}, {"l2": 1e-3}), refit=False)
     model.fit(split, seed=1, verbose=False)

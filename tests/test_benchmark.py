@@ -17,6 +17,7 @@ TINY = ["--batch_sizes=64,512", "--history_len=4", "--embed_dim=4", "--hidden_si
         "--n_users=30", "--n_items=30", "--steps=1", "--repeats=1", "--matmul_size=64", "--score_candidates=16", "--ranking_batch_sizes=8", "--n_negatives=3"]
 
 
+@pytest.mark.slow
 def test_benchmark_json_has_the_keys_and_consistent_values():
     proc = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--json", *TINY], cwd=REPO,
                           capture_output=True, text=True, timeout=300)

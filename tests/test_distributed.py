@@ -89,6 +89,7 @@ def test_resolve_from_arguments_environment_and_cluster(monkeypatch):
     assert distributed.initialize(num_processes=1) is False  # a single process: nothing to start
 
 
+@pytest.mark.slow
 def test_two_processes_train_to_the_same_parameters_as_one(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     for name in ("IARN_COORDINATOR", "IARN_NUM_PROCESSES", "IARN_PROCESS_ID"):

@@ -43,6 +43,7 @@ def run(tmp_path_factory):
     return folder / "work", result
 
 
+@pytest.mark.slow
 def test_explanation_lists_both_histories_with_gates(run):
     _, result = run
     test = result.data.split.test
@@ -63,6 +64,7 @@ def test_explanation_lists_both_histories_with_gates(run):
     assert len(payload["user_steps"]) == len(e.user_steps)
 
 
+@pytest.mark.slow
 def test_same_user_different_items_get_different_gates(run):
     """The interacting property: IARN's user gates depend on the target item."""
     _, result = run
@@ -97,6 +99,7 @@ def test_tagm_gates_do_not_depend_on_the_item():
     np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_real_movielens_pair_with_titles_and_genres():
     require_data("movielens/ml-100k")
     split = load_protocol("ml100k", require_data(".").resolve())
@@ -122,6 +125,7 @@ def test_real_movielens_pair_with_titles_and_genres():
         explain((model, params, data), "no-such-user", ds.item_ids[0], original_ids=True)
 
 
+@pytest.mark.slow
 def test_load_run_without_run_json_needs_a_built_in_protocol(run, tmp_path):
     """Runs trained through the library (no run.json) reload from config.json's protocol; data given
     by --data=csv:PATH cannot be found that way, and the error says so."""
@@ -135,6 +139,7 @@ def test_load_run_without_run_json_needs_a_built_in_protocol(run, tmp_path):
         load_run(copy)
 
 
+@pytest.mark.slow
 def test_command_line_on_a_finished_run(run, tmp_path):
     workdir, result = run
     reloaded = load_run(workdir)

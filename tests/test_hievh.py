@@ -91,6 +91,7 @@ def test_hievh_fits_planted_ratings(split):
     assert len(model.selection_["level_weights"]) == 2
 
 
+@pytest.mark.slow
 def test_hievh_cold_items_use_their_categories():
     split = rating_split(n_cold=4)
     model = HieVH(dim=8, batch_size=128, max_epochs=25, patience=25, grid=None, refit=False, unseen_last=False)
@@ -103,6 +104,7 @@ def test_hievh_cold_items_use_their_categories():
     assert scores[cold].max() < scores[:40].min()
 
 
+@pytest.mark.slow
 def test_hievh_grid_selects_on_validation_rmse(split):
     model = HieVH(dim=4, batch_size=256, max_epochs=3, grid=({"l2": 0.01}, {"l2": 1.0}), refit=False)
     model.fit(split, seed=0, verbose=False)
@@ -111,15 +113,27 @@ def test_hievh_grid_selects_on_validation_rmse(split):
     assert model.selection_["config"] == best["config"]
 
 
-def test_hievh_flat_features_and_no_features(split):
-    flat = ItemFeatures(feature_names=NAMES[:2], paths=[((i % 2,),) for i in range(40)], hierarchical=False)
+def test_hievh_flat_features_and_no_features():
+    """Flat features (one per item: parity) carry a cold item's preference; without features every
+    cold item gets the same prediction (nothing tells them apart), while trained items still fit."""
+    split = rating_split(n_cold=4)
+    flat = ItemFeatures(feature_names=NAMES[:2], paths=[((i % 2,),) for i in range(44)], hierarchical=False)
+    cold, warm = np.arange(40, 44), np.arange(0, 4)  # even items: user 0's group
     for features in (flat, None):
         ds = Dataset(name="x", ratings=split.dataset.ratings, user_ids=split.dataset.user_ids,
                      item_ids=split.dataset.item_ids, rating_scale=(1.0, 5.0), item_features=features)
         s = ProtocolSplit(name="x", dataset=ds, history=split.history, train=split.train, val=split.val,
                           test=split.test, min_len=3)
-        model = HieVH(dim=4, batch_size=256, max_epochs=3, grid=None, refit=False).fit(s, seed=0, verbose=False)
-        assert np.all(np.isfinite(model.predict(s.test["user"].to_numpy(), s.test["item"].to_numpy())))
+        model = HieVH(dim=4, batch_size=256, max_epochs=10, patience=10, grid=None, refit=False,
+                      unseen_last=False).fit(s, seed=0, verbose=False)
+        user0 = np.zeros(4, np.int64)
+        pred_cold, pred_warm = model.predict(user0, cold), model.predict(user0, warm)
+        assert pred_warm[0] > pred_warm[1] + 1.0 and pred_warm[2] > pred_warm[3] + 1.0
+        if features is None:
+            assert np.ptp(pred_cold) < 1e-9
+        else:  # same feature -> same prediction; the liked group's above the other
+            assert pred_cold[0] == pytest.approx(pred_cold[2]) and pred_cold[1] == pytest.approx(pred_cold[3])
+            assert pred_cold[0] > pred_cold[1] + 0.3
 
 
 @pytest.mark.slow

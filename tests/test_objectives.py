@@ -224,6 +224,7 @@ def test_planted_preferences_are_ranked_first(tmp_path):
     assert metrics["auc"] >= 0.9, metrics
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["rating", "ranking"])
 def test_factor_baseline_start_predicts_exactly_the_baseline(tiny_split, objective):
     """factor_init="baseline": the model starts at our MF (rating) / BPR (ranking): same scores."""

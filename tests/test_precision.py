@@ -18,6 +18,7 @@ from experiments.benchmark import model_config, random_batch
 from iarn_jax.models.iarn import IARN
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["iarn", "tagm", "lstm"])
 def test_bfloat16_predictions_and_gradients_close_to_float32(variant):
     fp32 = model_config(8, 16, 16, 40, 40, variant=variant)

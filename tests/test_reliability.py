@@ -363,6 +363,7 @@ def _subprocess(module: str, *args, env_extra=None, timeout=120):
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_subprocess_train_and_data_stats_exit_2_without_traceback(tmp_path):
     path, _ = build("csv", tmp_path / "d", {(1, "rating"): 99}, {})
     for module in ("experiments.train", "experiments.data_stats"):

@@ -131,6 +131,7 @@ def test_iarn_variant_row_and_figure3(tiny_split, tmp_path):
     assert rows and rows[0]["min_len"] == 3 and rows[0]["IARN"] == pytest.approx(row["rmse"])
 
 
+@pytest.mark.slow
 def test_figure4_plain_vs_encoders(tiny_split, tmp_path):
     """Figure 4's driver: each encoder trained with the same settings, the plain row is IARN without
     an encoder, the encoders add parameters, rows are cached and the table marks the best RMSE."""

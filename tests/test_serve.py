@@ -59,6 +59,7 @@ def _some_users(result, n=3):
     return [int(u) for u in result.data.split.test["user"].unique()[:n]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_save_load_in_fresh_process_gives_same_predictions_and_top_k(variant, tmp_path):
     result = _trained(variant)

@@ -86,6 +86,7 @@ def _tiny_train_config(**kw):
     return TrainConfig(**{**base, **kw})
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_matches_uninterrupted(small_split, tmp_path, monkeypatch):
     cfg = _tiny_train_config()
     full = loop.train(small_split, TINY_MODEL, cfg, workdir=tmp_path / "full", verbose=False)
@@ -139,6 +140,7 @@ SHARDED_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sharded_step_on_four_host_devices_matches_one_device():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], cwd=REPO, env=env, capture_output=True,
