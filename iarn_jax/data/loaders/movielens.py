@@ -74,6 +74,18 @@ def read_ml100k_items(path: pathlib.Path, genres: tuple[str, ...]) -> pd.DataFra
     return items
 
 
+
+def _ratings_dataset(folder: pathlib.Path, ratings_path: pathlib.Path, columns: tuple[str, str, str, str],
+                     rating_scale: tuple[float, float], **read_options) -> Dataset:
+    """A ratings file with the source's (user, item, rating, time) column names -> Dataset (errors name the
+    file, line and the source's field)."""
+    user, item, rating, time = columns
+    fields = [(user, "int"), (item, "int"), (rating, "float"), (time, "int")]
+    raw = read_delimited(read_bytes(ratings_path), str(ratings_path), fields, **read_options)
+    raw = raw.rename(columns={user: "user", item: "item", rating: "rating", time: "time"})
+    return build_dataset(raw, name=folder.absolute().name, sources=[str(ratings_path)], rating_scale=rating_scale,
+                         rating_field=rating, time_field=time)
+
 def load_movielens_100k(path: pathlib.Path | str) -> Dataset:
     """MovieLens 100K from its folder (or its ``u.data`` / ``uN.base`` file).
 
@@ -82,11 +94,8 @@ def load_movielens_100k(path: pathlib.Path | str) -> Dataset:
     genre names from ``u.genre``, when those files sit beside the ratings file.
     """
     folder, ratings_path = _resolve(path, "u.data")
-    fields = [("user id", "int"), ("item id", "int"), ("rating", "float"), ("timestamp", "int")]
-    raw = read_delimited(read_bytes(ratings_path), str(ratings_path), fields, sep="\t")
-    raw = raw.rename(columns={"user id": "user", "item id": "item", "timestamp": "time"})
-    dataset = build_dataset(raw, name=folder.absolute().name, sources=[str(ratings_path)], rating_scale=(1.0, 5.0),
-                            time_field="timestamp")
+    dataset = _ratings_dataset(folder, ratings_path, ("user id", "item id", "rating", "timestamp"), (1.0, 5.0),
+                               sep="\t")
     item_file = folder / "u.item"
     if not item_file.exists():
         return dataset
@@ -176,11 +185,8 @@ def load_movielens_csv(path: pathlib.Path | str) -> Dataset:
     sorted = feature ids; ``(no genres listed)`` gives no features.
     """
     folder, ratings_path = _resolve(path, "ratings.csv")
-    fields = [("userId", "int"), ("movieId", "int"), ("rating", "float"), ("timestamp", "int")]
-    raw = read_delimited(read_bytes(ratings_path), str(ratings_path), fields, header=True)
-    raw = raw.rename(columns={"userId": "user", "movieId": "item", "timestamp": "time"})
-    dataset = build_dataset(raw, name=folder.absolute().name, sources=[str(ratings_path)], rating_scale=(0.5, 5.0),
-                            time_field="timestamp")
+    dataset = _ratings_dataset(folder, ratings_path, ("userId", "movieId", "rating", "timestamp"), (0.5, 5.0),
+                               header=True)
     movies_path = folder / "movies.csv"
     if not movies_path.exists():
         return dataset
