@@ -32,8 +32,9 @@ def frame(users, items, ratings, times):
     )
 
 
-def split_from(train, val, test, n_users, n_items, name="synthetic", time_unit="seconds"):
-    history = pd.concat([train, val], ignore_index=True)
+def split_from(train, val, test, n_users, n_items, name="synthetic", time_unit="seconds", history=None):
+    """A ProtocolSplit over ids 0..n-1 (ratings 1-5); history = train + val unless given."""
+    history = pd.concat([train, val], ignore_index=True) if history is None else history
     dataset = Dataset(
         name=name,
         ratings=pd.concat([history, test], ignore_index=True),

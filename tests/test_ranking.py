@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from iarn_jax.data.types import Dataset, ProtocolSplit
 from iarn_jax.evaluate import ranking
+from tests.test_baselines_mf_bpr_timesvd import split_from
 from tests.test_metrics import brute_auc, brute_hr, brute_ndcg
 
 
@@ -20,16 +20,9 @@ def frame(rows):
 
 def make_split(history, test, n_users, n_items, name="toy", train=None, val=None):
     history, test = frame(history), frame(test)
-    dataset = Dataset(
-        name=name,
-        ratings=pd.concat([history, test], ignore_index=True),
-        user_ids=np.arange(n_users),
-        item_ids=np.arange(n_items),
-        rating_scale=(1.0, 5.0),
-    )
     train = history if train is None else frame(train)
     val = history.iloc[:0] if val is None else frame(val)
-    return ProtocolSplit(name=name, dataset=dataset, history=history, train=train, val=val, test=test, min_len=1)
+    return split_from(train, val, test, n_users, n_items, name=name, history=history)
 
 
 def random_split(seed, n_users=30, n_items=40, name="toy"):
