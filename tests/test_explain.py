@@ -203,7 +203,7 @@ def test_gate_relevance_auc_scores_oracle_gates_as_perfect():
             return None, {"user_gates": user_gates + 0.01 * noise, "item_gates": item_gates,
                           "random": noise}
 
-    result = types.SimpleNamespace(data=prepare_data(split), model=Oracle(), params=None,
+    result = types.SimpleNamespace(data=prepare_data(split), model=Oracle(), params=None, constants={},
                                    train_config=TrainConfig())
     out = gate_relevance_auc(result, synthetic)
     assert out["user"]["per_pair"] == pytest.approx(1.0) and out["user"]["pooled"] == pytest.approx(1.0)
