@@ -74,13 +74,16 @@ class TrainResult:
 def build_model(model_config: ModelConfig, split: ProtocolSplit) -> IARN:
     """IARN sized for the split's item features when the config names a feature encoder (the
     tables themselves are :func:`model_constants`)."""
-    data = feature_data_for(model_config, split.dataset)
-    return IARN(model_config, n_features=0 if data is None else data.n_features)
+    if model_config.feature_encoder is None:
+        return IARN(model_config)
+    return IARN(model_config, n_features=feature_data_for(model_config, split.dataset).n_features)
 
 
 def model_constants(model_config: ModelConfig, split: ProtocolSplit) -> dict:
     """The non-trainable variables ``IARN.apply`` reads next to the parameters: {} without a feature
     encoder, else {"features": {"flat": [n_items, K], "paths": [n_items, P, L]}} (int32)."""
+    if model_config.feature_encoder is None:
+        return {}
     return feature_variables(feature_data_for(model_config, split.dataset))
 
 
