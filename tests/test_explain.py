@@ -105,8 +105,11 @@ def test_real_movielens_pair_with_titles_and_genres():
     model = build_model(cfg, split)
     from iarn_jax.data import batching
 
+    from iarn_jax.models.iarn import initialize
+    from iarn_jax.training.loop import model_constants
+
     first = batching.materialize(np.array([0]), data.test, data.user_histories, data.item_histories)
-    params = model.init(jax.random.PRNGKey(0), first)["params"]
+    params = initialize(model, jax.random.PRNGKey(0), first, model_constants(cfg, split))  # + genre tables
     row = split.test.iloc[0]
     ds = split.dataset
     e = explain((model, params, data), ds.user_ids[int(row["user"])], ds.item_ids[int(row["item"])],
