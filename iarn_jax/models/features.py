@@ -3,7 +3,7 @@
 Each feature f owns a linear map M_f of the D-dimensional step input (eq. 10). By default
 M_f = I + U_f V_f^T with U_f, V_f in R^{D x r} (low rank r; U_f starts at 0, so every map starts
 as the identity and the encoder starts as IARN-Plain up to the flat encoder's feature count);
-``dense`` gives a full D x D matrix per feature (initialised to I).
+``feature_rank=0`` gives a full D x D matrix per feature (initialised to I).
 
 * ``flat`` (eq. 11): E(x) = sum_f M_f x over the item's distinct features (the flat view: a
   category name under two parents is one feature).
@@ -49,6 +49,8 @@ its parameter tables). Usage::
     prediction, aux = model.apply({"params": params, **constants}, batch)
 
 (``iarn_jax.training.loop.build_model`` and ``model_constants`` do the first lines from a split.)
+``iarn_jax.models.iarn`` imports :func:`build_feature_encoder` from here; this module imports no
+model code, so there is no registry and no import cycle.
 """
 from __future__ import annotations
 
