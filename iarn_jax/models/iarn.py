@@ -47,7 +47,6 @@ from iarn_jax.models.recurrence import RecurrentLayer
 SIDES = ("user", "item")
 
 
-
 def model_variables(params: Any, constants: Optional[Mapping[str, Any]] = None) -> dict:
     """The Flax variables of ``IARN.apply``: {"params": params} plus the model's non-trainable
     collections (``constants``: {} or the ``"features"`` tables,
