@@ -170,14 +170,54 @@ def test_skipgram_ranks_planted_group_items_first(split, ctor):
     assert own_group_auc(model, split) > 0.9
 
 
+def _log_sigmoid(x):
+    return -np.log1p(np.exp(-x))
+
+
 def test_mp2vec_uses_features_and_item2vec_does_not(split):
     item2vec, mp2vec = Item2Vec(), MP2Vec()
     assert not item2vec.use_metadata and item2vec.alpha == 0.0
     assert mp2vec.use_metadata and mp2vec.alpha == 0.1
-    # with alpha > 0 the feature rows of the vocabulary are trained (differ from their init)
+    # the features MP2Vec reads (flat view): the planted genre of item i is feature i % 2, one per item
+    ids, mask = nc.flat_feature_matrix(split.dataset.item_features, split.n_items)
+    assert ids.shape == (split.n_items, 1) and mask.all()
+    np.testing.assert_array_equal(ids[:, 0], np.arange(split.n_items) % 2)
+    assert nc.flat_feature_matrix(None, 3)[1].sum() == 0  # Item2Vec: no features
+
+
+def test_mp2vec_objective_matches_a_numpy_reference():
+    """L = L_{J|I} + alpha (m_j L_{M|I} + m_i L_{J|M} + m_i m_j L_{M|M} + m_i L_{I|M}), weighted mean;
+    each L = -log s(v . u_pos) - sum_k log s(-v . u_k), written out in NumPy."""
+    from iarn_jax.models.baselines.item2vec import skipgram_loss
+
+    rng = np.random.default_rng(0)
+    B, K, d = 4, 3, 5
+    rows = {name: rng.normal(size=(B, d)) for name in ("in_i", "out_j", "out_i", "in_mi", "out_mj")}
+    rows.update(neg_items=rng.normal(size=(B, K, d)), neg_feats=rng.normal(size=(B, K, d)))
+    batch = {"weight": np.array([1.0, 2.0, 0.5, 0.0]), "has_mi": np.array([1.0, 0.0, 1.0, 1.0]),
+             "has_mj": np.array([1.0, 1.0, 0.0, 1.0])}
+
+    def term(b, v, u, negatives):
+        return -_log_sigmoid(rows[v][b] @ rows[u][b]) - sum(_log_sigmoid(-rows[v][b] @ n) for n in rows[negatives][b])
+
+    def reference(alpha):
+        per = []
+        for b in range(B):
+            mi, mj = batch["has_mi"][b], batch["has_mj"][b]
+            side = (mj * term(b, "in_i", "out_mj", "neg_feats") + mi * term(b, "in_mi", "out_j", "neg_items")
+                    + mi * mj * term(b, "in_mi", "out_mj", "neg_feats") + mi * term(b, "in_mi", "out_i", "neg_items"))
+            per.append(term(b, "in_i", "out_j", "neg_items") + (alpha or 0.0) * side)
+        return np.sum(batch["weight"] * np.array(per)) / batch["weight"].sum()
+
+    as_jax = lambda tree: {k: jnp.asarray(v, jnp.float32) for k, v in tree.items()}  # noqa: E731
+    for alpha in (None, 0.1, 1.0):  # None: Item2Vec (no metadata terms)
+        got = float(skipgram_loss(as_jax(rows), as_jax(batch), alpha))
+        assert got == pytest.approx(reference(alpha), rel=1e-5)
+    assert float(skipgram_loss(as_jax(rows), as_jax(batch), 1.0)) > float(skipgram_loss(as_jax(rows), as_jax(batch), None))
+    # a fitted MP2Vec: its feature terms train the item vectors (finite, one row per item)
     model = MP2Vec(dim=4, batch_size=256, max_epochs=2, grid=None, refit=False, alpha=1.0)
-    model.fit(split, seed=0, verbose=False)
-    assert model.vectors_.shape == (split.n_items, 4)
+    model.fit(planted_split(), seed=0, verbose=False)
+    assert model.vectors_.shape == (planted_split().n_items, 4) and np.isfinite(model.vectors_).all()
 
 
 def test_skipgram_unseen_items_rank_last():

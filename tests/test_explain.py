@@ -108,8 +108,11 @@ def test_real_movielens_pair_with_titles_and_genres():
     model = build_model(cfg, split)
     from iarn_jax.data import batching
 
+    from iarn_jax.models.iarn import initialize
+    from iarn_jax.training.loop import model_constants
+
     first = batching.materialize(np.array([0]), data.test, data.user_histories, data.item_histories)
-    params = model.init(jax.random.PRNGKey(0), first)["params"]
+    params = initialize(model, jax.random.PRNGKey(0), first, model_constants(cfg, split))  # + genre tables
     row = split.test.iloc[0]
     ds = split.dataset
     e = explain((model, params, data), ds.user_ids[int(row["user"])], ds.item_ids[int(row["item"])],
@@ -208,7 +211,7 @@ def test_gate_relevance_auc_scores_oracle_gates_as_perfect():
             return None, {"user_gates": user_gates + 0.01 * noise, "item_gates": item_gates,
                           "random": noise}
 
-    result = types.SimpleNamespace(data=prepare_data(split), model=Oracle(), params=None,
+    result = types.SimpleNamespace(data=prepare_data(split), model=Oracle(), params=None, constants={},
                                    train_config=TrainConfig())
     out = gate_relevance_auc(result, synthetic)
     assert out["user"]["per_pair"] == pytest.approx(1.0) and out["user"]["pooled"] == pytest.approx(1.0)

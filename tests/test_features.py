@@ -1,5 +1,6 @@
 """Feature encoders (eq. 11 flat sum, eq. 12 hierarchical product) against explicit NumPy maps on a
-hand-worked item; the name grammar; the model with encoders; feature parsing on real files."""
+hand-worked item; the typed config fields and the legacy name converter; the model with encoders (the
+feature tables an input, not a compiled constant); feature parsing on real files."""
 from __future__ import annotations
 
 import functools
@@ -11,15 +12,15 @@ import pytest
 
 from conftest import require_data
 from iarn_jax.data.types import ItemFeatures
-from iarn_jax.models.config import ModelConfig
+from iarn_jax.models.config import ModelConfig, encoder_fields
 from iarn_jax.models.features import (
-    EncoderSpec,
     FeatureData,
     FeatureEncoder,
+    build_feature_encoder,
     encoder_param_count,
-    parse_encoder_name,
+    feature_variables,
 )
-from iarn_jax.models.iarn import IARN
+from iarn_jax.models.iarn import IARN, initialize, model_variables
 
 D = 3
 # Features: 0 "Women", 1 "Clothing", 2 "Dresses", 3 "Men". Item 0 has two paths
@@ -41,11 +42,15 @@ def _maps(params):
     return np.eye(D)[None] + np.einsum("fdr,fer->fde", u, v)
 
 
-def _encoder(name):
-    spec = parse_encoder_name(name)
-    enc = FeatureEncoder(spec=spec, feature_data=FeatureData.from_item_features(FEATURES), dim=D)
+TABLES = FeatureData.from_item_features(FEATURES).tables()
+
+
+def _encoder(**fields):
+    cfg = ModelConfig(embed_dim=D, **fields)
+    enc = FeatureEncoder(kind=cfg.feature_encoder, n_features=4, dim=D, rank=cfg.feature_rank,
+                         reduce=cfg.feature_reduce)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 2, D)), jnp.float32)
-    params = enc.init(jax.random.PRNGKey(0), x, target_item=jnp.array([0, 1, 2]))
+    params = enc.init(jax.random.PRNGKey(0), x, TABLES, target_item=jnp.array([0, 1, 2]))
     # non-trivial maps: random U (the initial U = 0 would make every map the identity)
     params = jax.tree_util.tree_map(
         lambda a: jnp.asarray(np.random.default_rng(a.size).normal(0, 0.5, a.shape), a.dtype), params)
@@ -62,22 +67,22 @@ def test_feature_data_views():
     assert data.names_of(0, "flat") == ["Women", "Clothing", "Dresses", "Men"]
 
 
-@pytest.mark.parametrize("name", ["flat", "flat:dense", "flat:mean:r2"])
-def test_flat_encoder_is_the_explicit_sum(name):
-    enc, params, x = _encoder(name)
-    y = np.asarray(enc.apply(params, x, target_item=jnp.array([0, 1, 2])), np.float64)
+@pytest.mark.parametrize("fields", [{}, {"feature_rank": 0}, {"feature_reduce": "mean", "feature_rank": 2}])
+def test_flat_encoder_is_the_explicit_sum(fields):
+    enc, params, x = _encoder(feature_encoder="flat", **fields)
+    y = np.asarray(enc.apply(params, x, TABLES, target_item=jnp.array([0, 1, 2])), np.float64)
     m, xs = _maps(params), np.asarray(x, np.float64)
-    scale = 4 if name.endswith("r2") else 1  # mean over the 4 distinct features
+    scale = 4 if fields.get("feature_reduce") == "mean" else 1  # mean over the 4 distinct features
     expected0 = sum(xs[0] @ m[f].T for f in (0, 1, 2, 3)) / scale
     np.testing.assert_allclose(y[0], expected0, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(y[1], xs[1] @ m[2].T, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(y[2], xs[2], rtol=1e-6)  # no features: unchanged
 
 
-@pytest.mark.parametrize("name", ["hier", "hier:dense"])
-def test_hierarchical_encoder_is_the_explicit_product(name):
-    enc, params, x = _encoder(name)
-    y = np.asarray(enc.apply(params, x, target_item=jnp.array([0, 1, 2])), np.float64)
+@pytest.mark.parametrize("rank", [8, 0])
+def test_hierarchical_encoder_is_the_explicit_product(rank):
+    enc, params, x = _encoder(feature_encoder="hier", feature_rank=rank)
+    y = np.asarray(enc.apply(params, x, TABLES, target_item=jnp.array([0, 1, 2])), np.float64)
     m, xs = _maps(params), np.asarray(x, np.float64)
     # root applied first, leaf last: M_Dresses M_Clothing M_Women x; mean with M_Clothing M_Men x
     path_a = m[2] @ m[1] @ m[0]
@@ -90,8 +95,8 @@ def test_hierarchical_encoder_is_the_explicit_product(name):
 
 
 def test_reference_variant_is_tanh_chain_in_ascending_ids():
-    enc, params, x = _encoder("ref:dense")
-    y = np.asarray(enc.apply(params, x, target_item=jnp.array([0, 1, 2])), np.float64)
+    enc, params, x = _encoder(feature_encoder="ref", feature_rank=0)
+    y = np.asarray(enc.apply(params, x, TABLES, target_item=jnp.array([0, 1, 2])), np.float64)
     m, z = _maps(params), np.asarray(x[0], np.float64)
     for f in (0, 1, 2, 3):  # smallest id innermost
         z = np.tanh(z @ m[f].T)
@@ -99,23 +104,52 @@ def test_reference_variant_is_tanh_chain_in_ascending_ids():
 
 
 def test_step_mode_transforms_each_step_by_its_own_item():
-    enc, params, x = _encoder("hier:step")
+    enc, params, x = _encoder(feature_encoder="hier", feature_inputs="step")
     steps = jnp.array([[0, 2], [1, 1], [2, 0]])
-    y = np.asarray(enc.apply(params, x, step_items=steps))
+    y = np.asarray(enc.apply(params, x, TABLES, step_items=steps))
     for i in range(3):
         for t in range(2):
-            one = np.asarray(enc.apply(params, x[i:i + 1, t:t + 1], target_item=steps[i:i + 1, t]))
+            one = np.asarray(enc.apply(params, x[i:i + 1, t:t + 1], TABLES, target_item=steps[i:i + 1, t]))
             np.testing.assert_allclose(y[i, t], one[0, 0], rtol=1e-5, atol=1e-6)
 
 
-def test_encoder_name_grammar():
-    assert parse_encoder_name("hier") == EncoderSpec("hier", "target", 8, "sum")
-    assert parse_encoder_name("flat:step:r4:mean") == EncoderSpec("flat", "step", 4, "mean")
-    assert parse_encoder_name("ref:both:dense").rank is None
-    with pytest.raises(ValueError):
-        parse_encoder_name("hier:sideways")
-    with pytest.raises(ValueError):
-        parse_encoder_name("tree")
+def _encoder_fields(cfg):
+    return (cfg.feature_encoder, cfg.feature_inputs, cfg.feature_rank, cfg.feature_reduce)
+
+
+def test_typed_encoder_fields_are_validated_by_name():
+    assert _encoder_fields(ModelConfig(feature_encoder="hier")) == ("hier", "target", 8, "sum")
+    for field, value in [("feature_encoder", "tree"), ("feature_inputs", "sideways"), ("feature_rank", -1),
+                         ("feature_rank", 2.5), ("feature_reduce", "max")]:
+        with pytest.raises(ValueError, match=field):
+            ModelConfig(**{field: value})
+
+
+def test_legacy_encoder_names_become_typed_fields():
+    """The old "KIND[:INPUTS][:rR|:dense][:sum|:mean]" form (saved manifests, config.json, cached
+    reports) is read once, into the typed fields; the config then holds only the kind."""
+    assert encoder_fields("flat:step:r4:mean") == {"feature_encoder": "flat", "feature_inputs": "step",
+                                                   "feature_rank": 4, "feature_reduce": "mean"}
+    assert _encoder_fields(ModelConfig(feature_encoder="hier:step:r8")) == ("hier", "step", 8, "sum")
+    assert _encoder_fields(ModelConfig(feature_encoder="ref:both:dense")) == ("ref", "both", 0, "sum")
+    assert ModelConfig(feature_encoder="flat:target") == ModelConfig(feature_encoder="flat", feature_inputs="target")
+    assert ModelConfig(feature_encoder="hier:step", feature_rank=4).feature_rank == 4  # not named: kept
+    with pytest.raises(ValueError, match="contradicts"):
+        ModelConfig(feature_encoder="hier:step", feature_inputs="both")
+    with pytest.raises(ValueError, match="feature_encoder"):
+        ModelConfig(feature_encoder="hier:sideways")
+    with pytest.raises(ValueError, match="feature_encoder"):
+        ModelConfig(feature_encoder="tree:step")
+
+
+def test_encoder_per_side_from_the_config():
+    cfg = ModelConfig(embed_dim=D, feature_encoder="hier", feature_inputs="step", feature_rank=2)
+    assert build_feature_encoder(cfg, "item", 4) is None
+    enc = build_feature_encoder(cfg, "user", 4)
+    assert (enc.kind, enc.n_features, enc.dim, enc.rank, enc.reduce) == ("hier", 4, D, 2, "sum")
+    assert build_feature_encoder(ModelConfig(), "user", 4) is None
+    with pytest.raises(ValueError, match="n_features"):
+        build_feature_encoder(cfg, "user", 0)
 
 
 @functools.lru_cache(maxsize=None)
@@ -132,28 +166,52 @@ def _batch():
     )
 
 
-@pytest.mark.parametrize("name,sides", [("flat", ("item_tower",)), ("hier:step", ("user_tower",)),
-                                        ("hier:both:r2", ("user_tower", "item_tower"))])
-def test_model_with_encoder(name, sides):
+@pytest.mark.parametrize("fields,sides", [
+    ({"feature_encoder": "flat"}, ("item_tower",)),
+    ({"feature_encoder": "hier", "feature_inputs": "step"}, ("user_tower",)),
+    ({"feature_encoder": "hier", "feature_inputs": "both", "feature_rank": 2}, ("user_tower", "item_tower"))])
+def test_model_with_encoder(fields, sides):
     cfg = ModelConfig(n_users=2, n_items=3, embed_dim=D, hidden_size=4, attention_size=2,
-                      use_rating_input=True, feature_encoder=name)
-    model = IARN(cfg, feature_data=FeatureData.from_item_features(FEATURES))
-    params = model.init(jax.random.PRNGKey(0), _batch())["params"]
+                      use_rating_input=True, **fields)
+    data = FeatureData.from_item_features(FEATURES)
+    model, constants = IARN(cfg, n_features=data.n_features), feature_variables(data)
+    params = initialize(model, jax.random.PRNGKey(0), _batch(), constants)
     for tower in ("user_tower", "item_tower"):
         assert ("feature_encoder" in params[tower]) == (tower in sides)
-    rank = 2 if name.endswith("r2") else 8
-    assert encoder_param_count(params) == len(sides) * 2 * 4 * D * rank
-    pred, aux = model.apply({"params": params}, _batch())
+    assert encoder_param_count(params) == len(sides) * 2 * 4 * D * cfg.feature_rank
+    pred, aux = model.apply(model_variables(params, constants), _batch())
     assert pred.shape == (2,) and np.isfinite(np.asarray(pred)).all()
-    grads = jax.grad(lambda p: model.apply({"params": p}, _batch())[0].sum())(params)
+    grads = jax.grad(lambda p: model.apply(model_variables(p, constants), _batch())[0].sum())(params)
     for tower in sides:
         assert float(jnp.abs(grads[tower]["feature_encoder"]["map_out"]).sum()) > 0
 
 
-def test_model_without_feature_data_says_how():
+def test_feature_tables_are_an_input_not_a_compiled_constant():
+    """The tables reach the model as the "features" collection: a traced argument (no constant in the
+    compiled function), and other tables change the prediction of the same parameters."""
+    cfg = ModelConfig(n_users=2, n_items=3, embed_dim=D, hidden_size=4, attention_size=2,
+                      feature_encoder="hier", feature_inputs="both", feature_rank=2)
+    data = FeatureData.from_item_features(FEATURES)
+    model, constants = IARN(cfg, n_features=data.n_features), feature_variables(data)
+    params = initialize(model, jax.random.PRNGKey(0), _batch(), constants)
+    params = jax.tree_util.tree_map(lambda a: a + 0.3, params)  # U != 0: the maps are not the identity
+    apply = lambda variables, batch: model.apply(variables, batch)[0]  # noqa: E731
+    jaxpr = jax.make_jaxpr(apply)(model_variables(params, constants), _batch())
+    assert not [c for c in jaxpr.consts if np.ndim(c) >= 2 and np.asarray(c).dtype == np.int32]
+    compiled = jax.jit(apply)
+    base = np.asarray(compiled(model_variables(params, constants), _batch()))
+    swapped = {"features": {name: table[::-1].copy() for name, table in constants["features"].items()}}
+    other = np.asarray(compiled(model_variables(params, swapped), _batch()))
+    assert not np.allclose(base, other)
+
+
+def test_model_without_feature_tables_says_how():
     cfg = ModelConfig(n_users=2, n_items=3, embed_dim=D, feature_encoder="flat")
-    with pytest.raises(ValueError, match="feature_data"):
-        IARN(cfg).init(jax.random.PRNGKey(0), _batch())
+    with pytest.raises(ValueError, match="'features' collection"):
+        IARN(cfg, n_features=4).init(jax.random.PRNGKey(0), _batch())
+    constants = feature_variables(FeatureData.from_item_features(FEATURES))
+    with pytest.raises(ValueError, match="n_features"):
+        initialize(IARN(cfg), jax.random.PRNGKey(0), _batch(), constants)
 
 
 def test_movielens_genres_parse_flat():

@@ -13,11 +13,10 @@ import textwrap
 import jax
 import numpy as np
 import pytest
-from flax import linen as nn
 
 from iarn_jax.models.config import ModelConfig
 from iarn_jax.models.flops import flops_per_example
-from iarn_jax.models.iarn import IARN, register_feature_encoder
+from iarn_jax.models.iarn import IARN
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 N_USERS, N_ITEMS = 5, 7
@@ -346,25 +345,26 @@ def test_dropout_only_when_not_deterministic():
     )
 
 
-class _ScaleByTargetItem(nn.Module):
-    """Test encoder: multiplies the item side's steps by 2 (a pure function of its inputs)."""
-
-    @nn.compact
-    def __call__(self, x, *, step_items=None, target_item=None):
-        assert step_items is None and target_item.shape == x.shape[:1]
-        return 2.0 * x
-
-
 def test_feature_encoder_seam():
-    register_feature_encoder(
-        "test_double_items", lambda config, side, feature_data: _ScaleByTargetItem() if side == "item" else None
-    )
+    """The item tower's step inputs go through the encoder with the target item's features (the
+    "features" collection, passed next to the parameters). With every item in exactly two features
+    and identity maps (U = 0), the flat sum doubles the item side's steps: the plain model with the
+    item tower's step embeddings doubled."""
+    from iarn_jax.data.types import ItemFeatures
+    from iarn_jax.models.features import FeatureData, feature_variables
+
+    features = ItemFeatures(feature_names=np.array(["a", "b", "c"]), hierarchical=False,
+                            paths=[((j % 3,), ((j + 1) % 3,)) for j in range(N_ITEMS)])
+    data = FeatureData.from_item_features(features)
     batch = make_batch()
     model, variables = init_model(make_config("iarn"), batch)
-    enc_model = IARN(make_config("iarn", feature_encoder="test_double_items"))
-    pred_enc, _ = enc_model.apply(variables, batch)
+    enc_model = IARN(make_config("iarn", feature_encoder="flat", feature_inputs="target"), n_features=3)
     params = jax.tree.map(np.asarray, variables["params"])
-    params["item_tower"]["step_embedding"] = 2.0 * params["item_tower"]["step_embedding"]
+    item_tower = dict(params["item_tower"])
+    item_tower["feature_encoder"] = {"map_out": np.zeros((3, 4, 8), np.float32),
+                                     "map_in": np.ones((3, 4, 8), np.float32)}
+    pred_enc, _ = enc_model.apply({"params": {**params, "item_tower": item_tower}, **feature_variables(data)}, batch)
+    params["item_tower"] = dict(params["item_tower"], step_embedding=2.0 * params["item_tower"]["step_embedding"])
     pred_ref, _ = model.apply({"params": params}, batch)
     np.testing.assert_allclose(np.asarray(pred_enc), np.asarray(pred_ref), rtol=1e-6, atol=1e-6)
 

@@ -262,7 +262,7 @@ def test_gate_saturation_statistic_on_a_hand_made_case():
              "user_history_mask": np.array([[1, 1, 1, 0], [1, 1, 0, 0]], bool),  # step 4 of row 1: padding
              "item_history_mask": np.array([[1, 1, 1, 1], [1, 1, 1, 1]], bool),
              "user_g": gates["user"], "item_g": gates["item"]}
-    apply_fn = lambda params, b, deterministic, rngs: (None, {"user_gates": b["user_g"], "item_gates": b["item_g"]})  # noqa: E731
+    apply_fn = lambda params, b, deterministic, rngs, constants: (None, {"user_gates": b["user_g"], "item_gates": b["item_g"]})  # noqa: E731
     stats = np.asarray(make_gate_stats_step(apply_fn, make_mesh(jax.devices()[:1]))({}, batch))
     # user: valid steps 0.005, 0.5, 0.995 | 0.2, 0.999 -> saturated 0.005, 0.995, 0.999 = 3 of 5
     np.testing.assert_array_equal(stats, [[3, 5], [4, 8]])

@@ -627,3 +627,21 @@ def test_kill_9_during_a_checkpoint_write_then_resume(tmp_path):
     out = _subprocess("experiments.train", *common, "--resume", "--set=train.max_steps=30", timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "resumed from step" in out.stdout
+
+
+def test_resume_reads_a_legacy_feature_encoder_name(tmp_path):
+    """A run whose config.json names its encoder in the old one-string form resumes with the typed
+    fields (the same model); a different encoder is still refused."""
+    import dataclasses as dc
+
+    from iarn_jax.models.config import ModelConfig
+    from iarn_jax.training.run_records import RunStateError, prepare_workdir
+
+    typed = {"protocol": "p", "model": dc.asdict(ModelConfig(feature_encoder="hier", feature_inputs="step")),
+             "train": {}}
+    legacy_model = {k: v for k, v in typed["model"].items() if not k.startswith("feature_")}
+    (tmp_path / "config.json").write_text(json.dumps({**typed, "model": {**legacy_model, "feature_encoder": "hier:step"}}))
+    prepare_workdir(tmp_path, typed, resume=True, overwrite=False)
+    other = {**typed, "model": dc.asdict(ModelConfig(feature_encoder="hier", feature_inputs="both"))}
+    with pytest.raises(RunStateError, match="feature_inputs"):
+        prepare_workdir(tmp_path, other, resume=True, overwrite=False)

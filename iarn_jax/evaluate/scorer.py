@@ -38,7 +38,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +46,7 @@ import numpy as np
 
 from iarn_jax.data import batching
 from iarn_jax.data.histories import Histories
-from iarn_jax.models.iarn import IARN, SideEncoding
+from iarn_jax.models.iarn import IARN, SideEncoding, model_variables
 
 
 def _pow2_floor(x: int) -> int:
@@ -94,6 +94,8 @@ class RankingScorer:
     """Scores users against a fixed item set (default: the benchmark's kept-item universe).
 
     model, params: the IARN module and its trained parameters.
+    constants: the model's non-trainable variables ({} or its ``"features"`` tables; see
+      ``iarn_jax.models.features.feature_variables``), an argument of every compiled call.
     user_histories, item_histories: the CSR training histories (``PreparedData``).
     items: the item ids to cache (candidates must come from them).
     max_len, bucket_lengths: history cap and padding buckets (use the training config's).
@@ -121,6 +123,7 @@ class RankingScorer:
         chunk_elements: int = 1 << 22,
         encode_batch: int = 512,
         score: str = "rating",
+        constants: Optional[Mapping[str, Any]] = None,
     ):
         if score not in ("rating", "interaction"):
             raise ValueError(f"score must be 'rating' or 'interaction', got {score!r}")
@@ -128,6 +131,7 @@ class RankingScorer:
         self.model = model
         self.config = model.config
         self.params = params
+        self.variables = jax.device_put(model_variables(params, constants))  # params + feature tables
         self.user_histories = user_histories
         self.item_histories = item_histories
         self.items = np.asarray(items, dtype=np.int64)
@@ -161,6 +165,7 @@ class RankingScorer:
             items = kept_item_universe(data.split)
         kwargs.setdefault("max_len", result.train_config.max_len)
         kwargs.setdefault("bucket_lengths", result.train_config.bucket_lengths)
+        kwargs.setdefault("constants", result.constants)
         return cls(result.model, result.params, data.user_histories, data.item_histories, items, **kwargs)
 
     def with_user_histories(self, user_histories: Histories) -> "RankingScorer":
@@ -175,8 +180,8 @@ class RankingScorer:
         method = IARN.encode_user if side == "user" else IARN.encode_item
         model = self.model
 
-        def encode(params, entity, ids, ratings, mask):
-            return model.apply({"params": params}, entity, ids, ratings, mask, method=method)
+        def encode(variables, entity, ids, ratings, mask):
+            return model.apply(variables, entity, ids, ratings, mask, method=method)
 
         return encode
 
@@ -188,20 +193,20 @@ class RankingScorer:
             tower = module.user_tower if side == "user" else module.item_tower
             return tower.represent(encoding.final_state, encoding.entity), tower.bias(encoding.entity)
 
-        def fn(params, entity, ids, ratings, mask):
-            encoding = self._encode_fn(side)(params, entity, ids, ratings, mask)
-            return model.apply({"params": params}, encoding, method=represent)
+        def fn(variables, entity, ids, ratings, mask):
+            encoding = self._encode_fn(side)(variables, entity, ids, ratings, mask)
+            return model.apply(variables, encoding, method=represent)
 
         return fn
 
-    def _score_bucket_fn(self, params, user_encoding, chunk, item_encoding):
+    def _score_bucket_fn(self, variables, user_encoding, chunk, item_encoding):
         """Predictions [n_padded] of one user [1, ...] against a bucket's items, ``chunk`` at a time."""
         model = self.model
         n = item_encoding.entity.shape[0]
         chunks = jax.tree_util.tree_map(lambda x: x.reshape((n // chunk, chunk) + x.shape[1:]), item_encoding)
 
         def one(item_chunk):
-            prediction, aux = model.apply({"params": params}, user_encoding, item_chunk, method=IARN.pair)
+            prediction, aux = model.apply(variables, user_encoding, item_chunk, method=IARN.pair)
             return prediction - aux["bias"] if self.score == "interaction" else prediction
 
         return jax.lax.map(one, chunks).reshape(n)
@@ -238,7 +243,7 @@ class RankingScorer:
             batch = min(self.encode_batch, _pow2_ceil(index.size))
             start = 0
             for n, inputs in self._batches(side, entities[index], int(T), batch):
-                r, b = self._represent[side](self.params, *inputs)
+                r, b = self._represent[side](self.variables, *inputs)
                 reprs[index[start : start + n]] = np.asarray(r)[:n]
                 bias[index[start : start + n]] = np.asarray(b)[:n]
                 start += n
@@ -252,7 +257,7 @@ class RankingScorer:
             max_chunk = min(self.chunk_size, _pow2_ceil(positions.size))
             n_padded = -(-positions.size // max_chunk) * max_chunk
             batch = min(_pow2_floor(self.encode_batch), max_chunk)  # divides max_chunk, so n_padded
-            parts = [self._encode["item"](self.params, *inputs)
+            parts = [self._encode["item"](self.variables, *inputs)
                      for _, inputs in self._batches("item", self.items[positions], int(T), batch, n_padded)]
             encoding = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *parts)
             buckets.append(_Bucket(T=int(T), positions=positions, encoding=encoding, max_chunk=max_chunk))
@@ -269,7 +274,7 @@ class RankingScorer:
         entity = np.asarray([user], dtype=np.int64)
         T = int(self._padded_length("user", entity)[0])
         ids, ratings, mask = padded_histories(self.user_histories, entity, T, self.max_len)
-        return self._encode["user"](self.params, entity.astype(np.int32), ids, ratings, mask)
+        return self._encode["user"](self.variables, entity.astype(np.int32), ids, ratings, mask)
 
     def score_all(self, user: int) -> np.ndarray:
         """Scores [len(items)] of ``user`` against every cached item, in ``items`` order."""
@@ -281,7 +286,7 @@ class RankingScorer:
         for bucket in self.buckets:  # dispatched asynchronously, gathered below
             chunk = self._chunk(bucket, user_T)
             self._compiled.add((user_T, bucket.T, chunk))
-            outputs.append(self._score_bucket(self.params, user_encoding, chunk, bucket.encoding))
+            outputs.append(self._score_bucket(self.variables, user_encoding, chunk, bucket.encoding))
         scores = np.empty(self.items.size, np.float32)
         for bucket, out in zip(self.buckets, outputs):
             scores[bucket.positions] = np.asarray(out)[: bucket.n]

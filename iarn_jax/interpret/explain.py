@@ -161,7 +161,14 @@ def explain(source, user, item, *, params: Any = None, data: Any = None, origina
     batch = batching.materialize(np.array([0]), pairs, uh, ih, max_len=max_len)
     import jax
 
-    prediction, aux = model.apply({"params": params} if variables is None else variables, batch)
+    if variables is None:
+        from iarn_jax.models.features import feature_data_for, feature_variables
+        from iarn_jax.models.iarn import model_variables
+
+        config = getattr(model, "config", None)
+        constants = feature_variables(feature_data_for(config, dataset)) if config is not None else {}
+        variables = model_variables(params, constants)
+    prediction, aux = model.apply(variables, batch)
     user_gates = np.asarray(jax.device_get(aux["user_gates"]))[0]
     item_gates = np.asarray(jax.device_get(aux["item_gates"]))[0]
 
@@ -193,7 +200,8 @@ def explain(source, user, item, *, params: Any = None, data: Any = None, origina
         item_features=_item_feature_names(dataset, item),
         prediction=float(np.asarray(prediction)[0]), rating=rating, pair_set=pair_set,
         model=getattr(getattr(model, "config", None), "variant", "model")
-        + (f"+{model.config.feature_encoder}" if getattr(getattr(model, "config", None), "feature_encoder", None) else ""),
+        + (f"+{model.config.feature_encoder}:{model.config.feature_inputs}"
+           if getattr(getattr(model, "config", None), "feature_encoder", None) else ""),
         user_steps=steps(uh, user, int(pairs.user_len[0]), int(pairs.user_self[0]), user_gates, "user"),
         item_steps=steps(ih, item, int(pairs.item_len[0]), int(pairs.item_self[0]), item_gates, "item"),
         user_history_length=int(pairs.user_len[0]), item_history_length=int(pairs.item_len[0]),
@@ -271,10 +279,13 @@ def collect_gates(result, pairs_df: pd.DataFrame, *, batch_size: int = 512, hist
     plan = batching.make_batch_plan(pairs, batch_size, shuffle=False, max_len=max_len,
                                     bucket_lengths=result.train_config.bucket_lengths)
     model = result.model
-    apply = jax.jit(lambda p, b: model.apply({"params": p}, b)[1])
+    from iarn_jax.models.iarn import model_variables
+
+    apply = jax.jit(lambda p, c, b: model.apply(model_variables(p, c), b)[1])
+    constants = result.constants  # the feature tables: an argument of the compiled call
     for entry in plan:
         batch = batching.materialize(entry, pairs, uh, ih, max_len=max_len)
-        aux = jax.device_get(apply(result.params, batch))
+        aux = jax.device_get(apply(result.params, constants, batch))
         real = batch["weight"] > 0
         idx = np.asarray(entry.indices)[real]
         batch = {k: v[real] for k, v in batch.items()}

@@ -6,6 +6,34 @@ from typing import Optional
 
 VARIANTS = ("iarn", "tagm", "lstm", "rnn")
 ATTENTION_CELLS = ("softplus", "tanh")
+FEATURE_KINDS = ("flat", "hier", "ref")  # kinds; see iarn_jax.models.features
+FEATURE_INPUTS = ("target", "step", "both")
+FEATURE_REDUCES = ("sum", "mean")
+
+
+def encoder_fields(name: str) -> dict:
+    """The typed encoder fields of a legacy encoder name ``"KIND[:INPUTS][:rR|:dense][:sum|:mean]"``
+    (e.g. ``"hier:step:r8"`` -> ``{"feature_encoder": "hier", "feature_inputs": "step",
+    "feature_rank": 8}``; ``"dense"`` is rank 0). The only reader of that form: configs saved before
+    the typed fields (manifests, config.json, cached reports) and ``--encoders`` labels go through it.
+    """
+    kind, *options = name.split(":")
+    if kind not in FEATURE_KINDS:
+        raise ValueError(f"feature_encoder: unknown kind {kind!r} in {name!r}; choose one of {FEATURE_KINDS}")
+    fields: dict = {"feature_encoder": kind}
+    for option in options:
+        if option in FEATURE_INPUTS:
+            fields["feature_inputs"] = option
+        elif option == "dense":
+            fields["feature_rank"] = 0
+        elif option in FEATURE_REDUCES:
+            fields["feature_reduce"] = option
+        elif option.startswith("r") and option[1:].isdigit() and int(option[1:]) > 0:
+            fields["feature_rank"] = int(option[1:])
+        else:
+            raise ValueError(f"feature_encoder: bad option {option!r} in {name!r} "
+                             f"(inputs {FEATURE_INPUTS}, rR, dense, {FEATURE_REDUCES})")
+    return fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,8 +55,16 @@ class ModelConfig:
     bias: "global_user_item" (default, chosen on validation: global mean + per-user +
       per-item scalars), "user_item", or "none" (the reference code's default).
     torch_init: Torch-style U(-1/sqrt(fan_in), 1/sqrt(fan_in)) weights and biases.
-    feature_encoder: None (IARN-Plain) or the name of an encoder (seam for the
-      feature-encoder issue).
+    feature_encoder: None (IARN-Plain) or the kind of item-feature encoder (paper section 3.3, see
+      ``iarn_jax.models.features``): "flat" (eq. 11, sum of per-feature maps), "hier" (eq. 12,
+      product of the maps along each category path, mean over paths) or "ref" (the reference code's
+      tanh chain over ascending ids). The legacy form "KIND[:INPUTS][:rR|:dense][:sum|:mean]"
+      (e.g. "hier:step:r8") is still read, by :func:`encoder_fields`, into the fields below.
+    feature_inputs: which steps the encoder transforms: "target" (the paper: the item side's steps
+      by the target item's features), "step" (each user-side step by its own item's features) or
+      "both" (separate maps per tower).
+    feature_rank: r of each feature map M_f = I + U_f V_f^T (U_f, V_f [D, r]); 0 = a dense D x D map.
+    feature_reduce: "flat" only: "sum" (eq. 11) or "mean" of the feature maps.
     compute_dtype: "float32" or "bfloat16" for matmuls (parameters stay fp32).
     gate_target_embedding: IARN only, not in the paper: each tower's gate also reads the pair's
       other entity through the tower's own embedding table (``e_target``; see attention.py), so
@@ -62,6 +98,9 @@ class ModelConfig:
     global_mean: float = 0.0
     torch_init: bool = True
     feature_encoder: Optional[str] = None
+    feature_inputs: str = "target"
+    feature_rank: int = 8
+    feature_reduce: str = "sum"
     compute_dtype: str = "float32"
     gate_target_embedding: bool = False
     gate_step_input: bool = False
@@ -70,6 +109,17 @@ class ModelConfig:
     stationary_dim: int = 0
 
     def __post_init__(self):
+        if self.feature_encoder is not None and ":" in self.feature_encoder:
+            self._read_legacy_encoder_name()
+        if self.feature_encoder is not None and self.feature_encoder not in FEATURE_KINDS:
+            raise ValueError(f"feature_encoder: unknown kind {self.feature_encoder!r}; choose one of "
+                             f"{FEATURE_KINDS} (or None)")
+        if self.feature_inputs not in FEATURE_INPUTS:
+            raise ValueError(f"feature_inputs: unknown value {self.feature_inputs!r}; choose one of {FEATURE_INPUTS}")
+        if not isinstance(self.feature_rank, int) or isinstance(self.feature_rank, bool) or self.feature_rank < 0:
+            raise ValueError(f"feature_rank must be an int >= 0 (0 = dense maps), got {self.feature_rank!r}")
+        if self.feature_reduce not in FEATURE_REDUCES:
+            raise ValueError(f"feature_reduce: unknown value {self.feature_reduce!r}; choose one of {FEATURE_REDUCES}")
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown model variant {self.variant!r}; choose one of {VARIANTS}")
         if self.bias not in ("none", "user_item", "global_user_item"):
@@ -86,6 +136,17 @@ class ModelConfig:
             raise ValueError(f"stationary_dim must be >= 0, got {self.stationary_dim}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def _read_legacy_encoder_name(self) -> None:
+        """Replaces a legacy ``feature_encoder`` name by its typed fields; a typed field set to a
+        non-default value that the name contradicts is refused."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        name = self.feature_encoder
+        for field, value in encoder_fields(name).items():
+            current = getattr(self, field)
+            if field != "feature_encoder" and current != defaults[field] and current != value:
+                raise ValueError(f"{field}={current!r} contradicts feature_encoder={name!r}")
+            object.__setattr__(self, field, value)
 
     @property
     def gated(self) -> bool:

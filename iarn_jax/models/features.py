@@ -3,7 +3,7 @@
 Each feature f owns a linear map M_f of the D-dimensional step input (eq. 10). By default
 M_f = I + U_f V_f^T with U_f, V_f in R^{D x r} (low rank r; U_f starts at 0, so every map starts
 as the identity and the encoder starts as IARN-Plain up to the flat encoder's feature count);
-``dense`` gives a full D x D matrix per feature (initialised to I).
+``feature_rank=0`` gives a full D x D matrix per feature (initialised to I).
 
 * ``flat`` (eq. 11): E(x) = sum_f M_f x over the item's distinct features (the flat view: a
   category name under two parents is one feature).
@@ -17,7 +17,8 @@ as the identity and the encoder starts as IARN-Plain up to the flat encoder's fe
 
 Items without features are left unchanged (the reference code's rule), in every kind.
 
-Which inputs (``ModelConfig.feature_encoder`` = ``"KIND[:INPUTS][:rR|:dense][:sum|:mean]"``):
+Configuration (typed fields of ``ModelConfig``): ``feature_encoder`` = the kind (above, or None),
+``feature_inputs`` = which steps are transformed:
 
 * ``target`` (default; the paper): the item side's steps (users) are transformed with the
   **target item's** features; one map per example, applied to all its steps.
@@ -25,23 +26,36 @@ Which inputs (``ModelConfig.feature_encoder`` = ``"KIND[:INPUTS][:rR|:dense][:su
   features (the natural counterpart on the user side).
 * ``both``: both of the above (separate parameters per tower).
 
-``:sum`` (default) / ``:mean`` chooses whether the flat encoder sums (eq. 11) or averages the
-feature maps; ``hier`` always averages over paths.
+``feature_rank`` = r (0 = dense D x D maps); ``feature_reduce`` = ``sum`` (default, eq. 11) or
+``mean``: whether the flat encoder sums or averages the feature maps; ``hier`` always averages over
+paths.
 
 Cost: the maps are never materialised per step. Per level of the path (a static loop, max depth
 L), the factors of that level's feature are gathered per example (target) or per step (step) and
 applied as x + (x V_f) U_f^T: 2 D r multiply-adds per feature per step, memory O(rows * D * r).
 Parameters: 2 F D r (low rank) or F D^2 (dense).
 
-Usage::
+The feature tables are **inputs** of the model, not part of it: the Flax variable collection
+``"features"`` (:func:`feature_variables`: ``flat`` int32 [n_items, K], ``paths`` int32
+[n_items, P, L]) is passed next to the parameters, so a jit-compiled step takes them as arguments
+instead of embedding them as constants. The model only knows the number of features (the size of
+its parameter tables). Usage::
 
     data = FeatureData.from_dataset(split.dataset)
-    model = IARN(ModelConfig(feature_encoder="hier:target:r8", ...), feature_data=data)
+    config = ModelConfig(feature_encoder="hier", feature_inputs="target", feature_rank=8, ...)
+    model = IARN(config, n_features=data.n_features)
+    constants = feature_variables(data)                      # {"features": {...}}
+    params = initialize(model, rng, batch, constants)       # iarn_jax.models.iarn
+    prediction, aux = model.apply({"params": params, **constants}, batch)
+
+(``iarn_jax.training.loop.build_model`` and ``model_constants`` do the first lines from a split.)
+``iarn_jax.models.iarn`` imports :func:`build_feature_encoder` from here; this module imports no
+model code, so there is no registry and no import cycle.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -49,12 +63,10 @@ import numpy as np
 from flax import linen as nn
 
 from iarn_jax.data.types import Dataset, ItemFeatures
-from iarn_jax.models.config import ModelConfig
-from iarn_jax.models.iarn import register_feature_encoder
+from iarn_jax.models.config import FEATURE_KINDS, ModelConfig
 
-KINDS = ("flat", "hier", "ref")
-INPUTS = ("target", "step", "both")
-DEFAULT_RANK = 8
+COLLECTION = "features"  # the Flax variable collection that carries the tables
+SIDES_OF_INPUTS = {"target": ("item",), "step": ("user",), "both": ("user", "item")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,6 +121,10 @@ class FeatureData:
             return None
         return cls.from_item_features(dataset.item_features, dataset.n_items)
 
+    def tables(self) -> dict:
+        """The encoder's inputs: {"flat": int32 [n_items, K], "paths": int32 [n_items, P, L]}."""
+        return {"flat": self.flat, "paths": self.paths}
+
     def names_of(self, item: int, view: str = "paths") -> list:
         """Feature names of one item: a list of paths (lists of names) or the flat list."""
         if view == "flat":
@@ -117,8 +133,8 @@ class FeatureData:
 
 
 def feature_data_for(config: ModelConfig, dataset: Dataset) -> Optional[FeatureData]:
-    """The model's ``feature_data`` argument: None without an encoder; an error when the data has
-    no item features."""
+    """The dataset's feature tables when the config names an encoder (None without one); an error
+    when the data has no item features."""
     if config.feature_encoder is None:
         return None
     data = FeatureData.from_dataset(dataset)
@@ -127,36 +143,10 @@ def feature_data_for(config: ModelConfig, dataset: Dataset) -> Optional[FeatureD
     return data
 
 
-# ---------------------------------------------------------------------------------------------
-# Encoder name
-
-
-@dataclasses.dataclass(frozen=True)
-class EncoderSpec:
-    kind: str = "flat"
-    inputs: str = "target"
-    rank: Optional[int] = DEFAULT_RANK  # None = dense D x D maps
-    reduce: str = "sum"  # flat encoder: "sum" (eq. 11) or "mean"
-
-
-def parse_encoder_name(name: str) -> EncoderSpec:
-    """``"KIND[:INPUTS][:rR|:dense][:sum|:mean]"``, e.g. ``"hier"``, ``"flat:step:r4"``."""
-    kind, *options = name.split(":")
-    if kind not in KINDS:
-        raise ValueError(f"unknown feature encoder kind {kind!r} in {name!r}; choose one of {KINDS}")
-    spec = EncoderSpec(kind=kind)
-    for option in options:
-        if option in INPUTS:
-            spec = dataclasses.replace(spec, inputs=option)
-        elif option == "dense":
-            spec = dataclasses.replace(spec, rank=None)
-        elif option in ("sum", "mean"):
-            spec = dataclasses.replace(spec, reduce=option)
-        elif option.startswith("r") and option[1:].isdigit() and int(option[1:]) > 0:
-            spec = dataclasses.replace(spec, rank=int(option[1:]))
-        else:
-            raise ValueError(f"bad feature encoder option {option!r} in {name!r} (inputs {INPUTS}, rR, dense, sum, mean)")
-    return spec
+def feature_variables(data: Optional[FeatureData]) -> dict:
+    """The model's non-trainable variables: {} without feature data, else
+    {"features": {"flat": [n_items, K], "paths": [n_items, P, L]}} (int32, -1 = no feature)."""
+    return {} if data is None else {COLLECTION: data.tables()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,26 +156,32 @@ def parse_encoder_name(name: str) -> EncoderSpec:
 class FeatureEncoder(nn.Module):
     """Transforms step inputs x [n, t, D] with per-feature maps (see the module doc).
 
+    kind: "flat", "hier" or "ref"; n_features: F (rows of the map tables); dim: D;
+    rank: r of M_f = I + U_f V_f^T (0 = dense D x D maps); reduce: "sum" or "mean" (flat only).
+    Called as ``encoder(x, tables, step_items=...)`` or ``encoder(x, tables, target_item=...)``:
+    ``tables`` = {"flat": [n_items, K], "paths": [n_items, P, L]} (:meth:`FeatureData.tables`).
     Target mode (``target_item`` [n]): one feature set per example. Step mode (``step_items``
     [n, t]): one feature set per step.
     """
 
-    spec: EncoderSpec
-    feature_data: FeatureData
+    kind: str
+    n_features: int
     dim: int
+    rank: int = 8
+    reduce: str = "sum"
 
     def setup(self):
-        f, d = self.feature_data.n_features, self.dim
-        if self.spec.rank is None:
+        f, d = self.n_features, self.dim
+        if self.rank == 0:
             self.maps = self.param("maps", lambda k, s: jnp.broadcast_to(jnp.eye(d), s), (f, d, d))
         else:
-            r = self.spec.rank
+            r = self.rank
             self.map_out = self.param("map_out", nn.initializers.zeros_init(), (f, d, r))  # U_f
             self.map_in = self.param("map_in", nn.initializers.normal(1.0 / np.sqrt(d)), (f, d, r))  # V_f
 
     def _apply_map(self, y: jax.Array, ids: jax.Array, per_step: bool) -> jax.Array:
         """M_f y for the feature ids ``ids`` ([n] or [n, t], >= 0); y [n, t, D]."""
-        if self.spec.rank is None:
+        if self.rank == 0:
             m = jnp.take(self.maps, ids, axis=0)
             return jnp.einsum("ntd,nted->nte" if per_step else "ntd,ned->nte", y, m)
         u = jnp.take(self.map_out, ids, axis=0)
@@ -194,29 +190,29 @@ class FeatureEncoder(nn.Module):
             return y + jnp.einsum("ntr,ntdr->ntd", jnp.einsum("ntd,ntdr->ntr", y, v), u)
         return y + jnp.einsum("ntr,ndr->ntd", jnp.einsum("ntd,ndr->ntr", y, v), u)
 
-    def __call__(self, x: jax.Array, *, step_items: Optional[jax.Array] = None,
+    def __call__(self, x: jax.Array, tables: Mapping[str, jax.Array], *, step_items: Optional[jax.Array] = None,
                  target_item: Optional[jax.Array] = None) -> jax.Array:
         per_step = step_items is not None
         items = step_items if per_step else target_item
         if items is None:
             return x
-        table = self.feature_data.flat if self.spec.kind in ("flat", "ref") else self.feature_data.paths
-        ids = jnp.take(jnp.asarray(table), items, axis=0)  # [n(, t), K] or [n(, t), P, L]
+        table = tables["flat"] if self.kind in ("flat", "ref") else tables["paths"]
+        ids = jnp.take(table, items, axis=0)  # [n(, t), K] or [n(, t), P, L]
 
         def expand(a):  # per-example values [n, ...] -> broadcast over steps [n, 1, ...]
             return a if per_step else a[:, None]
 
-        if self.spec.kind == "flat":
+        if self.kind == "flat":
             total = jnp.zeros_like(x)
             for k in range(ids.shape[-1]):
                 f = ids[..., k]
                 mapped = self._apply_map(x, jnp.maximum(f, 0), per_step)
                 total = total + jnp.where(expand(f >= 0)[..., None], mapped, 0.0)
             count = expand(jnp.sum(ids >= 0, axis=-1))[..., None].astype(x.dtype)
-            if self.spec.reduce == "mean":
+            if self.reduce == "mean":
                 total = total / jnp.maximum(count, 1.0)
             return jnp.where(count > 0, total, x)
-        if self.spec.kind == "ref":
+        if self.kind == "ref":
             y = x
             for k in range(ids.shape[-1]):  # ascending ids, smallest innermost
                 f = ids[..., k]
@@ -234,24 +230,19 @@ class FeatureEncoder(nn.Module):
         return jnp.where(n_paths > 0, total / jnp.maximum(n_paths, 1.0), x)
 
 
-def make_feature_encoder(*, config: ModelConfig, side: str, feature_data: Any) -> Optional[nn.Module]:
-    """Factory for the model's seam (registered for every kind in KINDS)."""
-    spec = parse_encoder_name(config.feature_encoder)
-    wanted = {"target": ("item",), "step": ("user",), "both": ("user", "item")}[spec.inputs]
-    if side not in wanted:
+def build_feature_encoder(config: ModelConfig, side: str, n_features: int) -> Optional[FeatureEncoder]:
+    """The encoder of one tower ("user" or "item"), or None when the config has no encoder or its
+    ``feature_inputs`` leave that side untransformed. n_features: F of the data's feature tables."""
+    if config.feature_encoder is None or side not in SIDES_OF_INPUTS[config.feature_inputs]:
         return None
-    if feature_data is None:
-        raise ValueError(
-            f"feature_encoder={config.feature_encoder!r} needs feature_data: IARN(config, "
-            "feature_data=FeatureData.from_dataset(dataset))"
-        )
-    if not isinstance(feature_data, FeatureData):
-        feature_data = FeatureData.from_item_features(feature_data, config.n_items)
-    return FeatureEncoder(spec=spec, feature_data=feature_data, dim=config.embed_dim)
-
-
-for _kind in KINDS:
-    register_feature_encoder(_kind, make_feature_encoder)
+    if config.feature_encoder not in FEATURE_KINDS:  # ModelConfig refuses this already
+        raise ValueError(f"feature_encoder: unknown kind {config.feature_encoder!r}")
+    if n_features <= 0:
+        raise ValueError(f"feature_encoder={config.feature_encoder!r} needs the number of item features: "
+                         "IARN(config, n_features=FeatureData.from_dataset(dataset).n_features) "
+                         "(iarn_jax.training.loop.build_model does this)")
+    return FeatureEncoder(kind=config.feature_encoder, n_features=n_features, dim=config.embed_dim,
+                          rank=config.feature_rank, reduce=config.feature_reduce)
 
 
 def encoder_param_count(params: Any) -> int:
@@ -264,11 +255,11 @@ def encoder_param_count(params: Any) -> int:
 
 
 __all__ = [
-    "EncoderSpec",
+    "COLLECTION",
     "FeatureData",
     "FeatureEncoder",
+    "build_feature_encoder",
     "encoder_param_count",
     "feature_data_for",
-    "make_feature_encoder",
-    "parse_encoder_name",
+    "feature_variables",
 ]

@@ -19,7 +19,9 @@ The computation is factored so that training, evaluation and full-ranking scorin
 
 ``IARN.__call__(batch)`` is exactly ``pair(encode_user(...), encode_item(...))``.
 
-Use with ``model.apply(variables, batch, deterministic=False, rngs={"dropout": key})`` for training;
+Use with ``model.apply(variables, batch, deterministic=False, rngs={"dropout": key})`` for training
+(``variables = model_variables(params, constants)``: the parameters plus, with a feature encoder,
+the ``"features"`` collection of item feature tables; ``initialize`` creates the parameters);
 ``model.apply(variables, user, hist, hist_rating, hist_mask, method=IARN.encode_user)`` etc. for
 scoring. Gates are also sown into the ``"intermediates"`` collection (``user_gates``,
 ``item_gates``) when that collection is mutable.
@@ -30,7 +32,7 @@ Shapes: ``b`` batch, ``tu`` / ``ti`` padded history lengths, ``d`` step-input si
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -38,37 +40,28 @@ from flax import linen as nn
 
 from iarn_jax.models.attention import AttentionBiRNN, AttentionGate
 from iarn_jax.models.config import ModelConfig
+from iarn_jax.models.features import COLLECTION as FEATURES, build_feature_encoder
 from iarn_jax.models.initializers import bias_init, embedding_init, kernel_init, matmul, resolve_dtype
 from iarn_jax.models.recurrence import RecurrentLayer
 
 SIDES = ("user", "item")
 
-# Feature-encoder seam. A factory is called as ``factory(config=..., side=..., feature_data=...)`` and
-# returns a Flax module (or None when it does not transform that side). The module is called as
-#   encoder(x [n, t, d], *, step_items=[n, t] item ids (user side) or None,
-#           target_item=[n] item ids (item side) or None) -> [n, t, d]
-# User side: each step is an item, transformed with that step's item features (step_items).
-# Item side: each step is a user, transformed with the target item's features (target_item).
-FEATURE_ENCODERS: dict[str, Callable[..., Optional[nn.Module]]] = {}
+
+def model_variables(params: Any, constants: Optional[Mapping[str, Any]] = None) -> dict:
+    """The Flax variables of ``IARN.apply``: {"params": params} plus the model's non-trainable
+    collections (``constants``: {} or the ``"features"`` tables,
+    ``iarn_jax.models.features.feature_variables``)."""
+    return {"params": params, **(constants or {})}
 
 
-def register_feature_encoder(name: str, factory: Callable[..., Optional[nn.Module]]) -> None:
-    """Makes ``ModelConfig(feature_encoder=name)`` build its encoders with ``factory``."""
-    FEATURE_ENCODERS[name] = factory
-
-
-def build_feature_encoder(config: ModelConfig, side: str, feature_data: Any) -> Optional[nn.Module]:
-    if config.feature_encoder is None:
-        return None
-    # A name may carry options after ":" (e.g. "hier:step:r8"); the factory reads them from the config.
-    key = config.feature_encoder if config.feature_encoder in FEATURE_ENCODERS else config.feature_encoder.split(":")[0]
-    if key not in FEATURE_ENCODERS:
-        import iarn_jax.models.features  # noqa: F401  (registers the built-in encoders)
-    if key not in FEATURE_ENCODERS:
-        raise ValueError(
-            f"unknown feature encoder {config.feature_encoder!r}; registered: {sorted(FEATURE_ENCODERS)}"
-        )
-    return FEATURE_ENCODERS[key](config=config, side=side, feature_data=feature_data)
+def initialize(model: "IARN", rng: jax.Array, batch: dict, constants: Optional[Mapping[str, Any]] = None,
+               **kwargs) -> Any:
+    """``model.init(rng, batch, **kwargs)["params"]``, reading the ``constants`` collections (the feature
+    tables) while the parameters are created. Same parameters as ``init`` for the same key."""
+    if not constants:
+        return model.init(rng, batch, **kwargs)["params"]
+    _, variables = model.apply(dict(constants), batch, rngs={"params": rng}, mutable="params", **kwargs)
+    return variables["params"]
 
 
 class SideEncoding(NamedTuple):
@@ -112,7 +105,7 @@ class Tower(nn.Module):
 
     config: ModelConfig
     side: str
-    feature_data: Any = None
+    n_features: int = 0
 
     @property
     def input_dim(self) -> int:
@@ -127,7 +120,7 @@ class Tower(nn.Module):
         self.step_embedding = self.param(
             "step_embedding", embedding_init(cfg.torch_init), (n_steps_ids, cfg.embed_dim)
         )
-        self.feature_encoder = build_feature_encoder(cfg, self.side, self.feature_data)
+        self.feature_encoder = build_feature_encoder(cfg, self.side, self.n_features)
         if cfg.gated:
             self.attention = AttentionBiRNN(
                 input_dim=self.input_dim, attention_size=cfg.attention_size,
@@ -166,21 +159,23 @@ class Tower(nn.Module):
         mask: jax.Array,  # [n, t] bool
         *,
         target_item: Optional[jax.Array] = None,  # [n] item ids (item side, for the feature encoder)
+        feature_tables: Optional[Mapping[str, jax.Array]] = None,  # the "features" collection
     ) -> jax.Array:
         """Ids (+ ratings) -> step inputs [n, t, d]; zeros on padded steps.
 
         The rating feature is ``rating - rating_center`` on valid steps whose rating is known
         (non-zero) and 0 elsewhere, so a masked-out target step reads as "neutral".
         With a feature encoder, the embeddings are transformed before the rating is appended:
-        user side with each step's item (``step_items=history``), item side with ``target_item``.
+        user side with each step's item (``step_items=history``), item side with ``target_item``;
+        ``feature_tables`` = {"flat": [n_items, K], "paths": [n_items, P, L]}.
         """
         cfg = self.config
         x = jnp.take(self.step_embedding, history, axis=0)  # [n, t, D]
         if self.feature_encoder is not None:
             if self.side == "user":
-                x = self.feature_encoder(x, step_items=history, target_item=None)
+                x = self.feature_encoder(x, feature_tables, step_items=history, target_item=None)
             else:
-                x = self.feature_encoder(x, step_items=None, target_item=target_item)
+                x = self.feature_encoder(x, feature_tables, step_items=None, target_item=target_item)
         if cfg.use_rating_input:
             known = mask & (history_rating != 0)
             rating = jnp.where(known, history_rating - cfg.rating_center, 0.0).astype(x.dtype)
@@ -196,11 +191,12 @@ class Tower(nn.Module):
         mask: jax.Array,  # [n, t] bool
         *,
         target_item: Optional[jax.Array] = None,
+        feature_tables: Optional[Mapping[str, jax.Array]] = None,
         deterministic: bool = True,
     ) -> SideEncoding:
         cfg = self.config
         mask = mask.astype(bool)
-        x = self.step_inputs(history, history_rating, mask, target_item=target_item)
+        x = self.step_inputs(history, history_rating, mask, target_item=target_item, feature_tables=feature_tables)
         input_proj = self.recurrent.project_inputs(x)  # [n, t, G h], hoisted out of the scan
         encoding = SideEncoding(entity=entity, mask=mask, input_proj=input_proj)
         if not cfg.gated:
@@ -273,15 +269,32 @@ class IARN(nn.Module):
     """IARN / TAGM / RNN / LSTM two-tower rating model.
 
     config: the ModelConfig.
-    feature_data: passed to the registered feature-encoder factory (e.g. item feature paths).
+    n_features: F, the number of item features (the rows of the feature encoder's map tables);
+      used only with ``config.feature_encoder``. The feature tables themselves are not part of the
+      module: they are the ``"features"`` variable collection, passed to ``apply`` next to the
+      parameters (``iarn_jax.models.features.feature_variables``), so compiled steps take them as
+      arguments.
     """
 
     config: ModelConfig
-    feature_data: Any = None
+    n_features: int = 0
 
     def setup(self):
-        self.user_tower = Tower(self.config, "user", self.feature_data)
-        self.item_tower = Tower(self.config, "item", self.feature_data)
+        self.user_tower = Tower(self.config, "user", self.n_features)
+        self.item_tower = Tower(self.config, "item", self.n_features)
+
+    def feature_tables(self) -> Optional[dict]:
+        """The ``"features"`` collection ({"flat": [n_items, K], "paths": [n_items, P, L]}); None
+        without a feature encoder."""
+        if self.config.feature_encoder is None:
+            return None
+        if not self.has_variable(FEATURES, "flat"):
+            raise ValueError(
+                f"feature_encoder={self.config.feature_encoder!r} reads the item feature tables from the "
+                f"{FEATURES!r} collection: apply(model_variables(params, constants), ...) and "
+                "initialize(model, rng, batch, constants) with constants = "
+                "feature_variables(FeatureData.from_dataset(dataset)) (iarn_jax.models.features)")
+        return {name: self.get_variable(FEATURES, name) for name in ("flat", "paths")}
 
     def encode_user(
         self,
@@ -294,7 +307,8 @@ class IARN(nn.Module):
     ) -> SideEncoding:
         """User-side encoding from the user's own history (see :class:`SideEncoding`)."""
         encoding = self.user_tower.encode(
-            user, user_history, user_history_rating, user_history_mask, deterministic=deterministic
+            user, user_history, user_history_rating, user_history_mask, feature_tables=self.feature_tables(),
+            deterministic=deterministic,
         )
         return self.item_tower.terms_for_other(encoding) if self.config.interacting else encoding
 
@@ -310,7 +324,7 @@ class IARN(nn.Module):
         """Item-side encoding from the item's own history (see :class:`SideEncoding`)."""
         encoding = self.item_tower.encode(
             item, item_history, item_history_rating, item_history_mask, target_item=item,
-            deterministic=deterministic,
+            feature_tables=self.feature_tables(), deterministic=deterministic,
         )
         return self.user_tower.terms_for_other(encoding) if self.config.interacting else encoding
 
@@ -381,10 +395,9 @@ class IARN(nn.Module):
 
 
 __all__ = [
-    "FEATURE_ENCODERS",
     "IARN",
     "SideEncoding",
     "Tower",
-    "build_feature_encoder",
-    "register_feature_encoder",
+    "initialize",
+    "model_variables",
 ]

@@ -22,11 +22,28 @@ from iarn_jax.reports.registry import BACKBONES, METHODS
 from iarn_jax.reports.runner import cache_paths, nan_to_none, split_checksum, train_iarn
 
 FIGURE3_LENGTHS = (3, 10, 20, 30, 50, 100)
-# Figure 4: encoder specs (``ModelConfig.feature_encoder``; "plain" = none) per protocol
+# Figure 4 per protocol: row label -> the typed ``ModelConfig`` encoder fields ("plain" = none). The
+# labels name the rows, the cache files and ``--encoders`` choices.
+_PLAIN = {"feature_encoder": None}
+_FLAT_TARGET = {"feature_encoder": "flat", "feature_inputs": "target"}
 FIGURE4_ENCODERS = {
-    "clothing": ("plain", "flat:target", "hier:target", "hier:step"),  # category hierarchy
-    "default": ("plain", "flat:target", "flat:step"),  # flat genres (MovieLens, synthetic)
+    "clothing": {"plain": _PLAIN, "flat:target": _FLAT_TARGET,  # category hierarchy
+                 "hier:target": {"feature_encoder": "hier", "feature_inputs": "target"},
+                 "hier:step": {"feature_encoder": "hier", "feature_inputs": "step"}},
+    "default": {"plain": _PLAIN, "flat:target": _FLAT_TARGET,  # flat genres (MovieLens, synthetic)
+                "flat:step": {"feature_encoder": "flat", "feature_inputs": "step"}},
 }
+
+
+def encoder_overrides(label: str) -> dict:
+    """The ``ModelConfig`` encoder fields of a Figure 4 row label: one of ``FIGURE4_ENCODERS``, or
+    any other encoder written "KIND[:INPUTS][:rR|:dense][:sum|:mean]" (``models.config.encoder_fields``)."""
+    from iarn_jax.models.config import encoder_fields
+
+    for encoders in FIGURE4_ENCODERS.values():
+        if label in encoders:
+            return dict(encoders[label])
+    return encoder_fields(label)
 
 
 # -- Figure 3 --------------------------------------------------------------------------------------
@@ -121,7 +138,8 @@ def run_figure4(
     train_overrides: Optional[dict] = None,
     verbose: bool = True,
 ) -> list[dict]:
-    """IARN with each feature encoder (``"plain"`` = none), trained with the protocol's defaults
+    """IARN with each feature encoder (row labels, see :func:`encoder_overrides`; ``"plain"`` = none),
+    trained with the protocol's defaults
     and the same budget; rows {"encoder", "rmse", "mae", "val_rmse", "epochs", "stop_reason",
     "params", "train_examples_per_second", "seconds"}. Cached per encoder in
     ``workdir/figure4/``; the plain row reuses ``workdir/methods/iarn.json`` (Table 2's IARN)
@@ -152,7 +170,7 @@ def run_figure4(
         start = time.perf_counter()
         run_dir = workdir / "figure4_runs" / _encoder_slug(spec) if workdir is not None else None
         result = train_iarn(split, "iarn", run_dir, seed=seed, max_seconds=iarn_max_seconds, max_len=max_len,
-                            model_overrides={"feature_encoder": None if spec == "plain" else spec},
+                            model_overrides=encoder_overrides(spec),
                             train_overrides=train_overrides, verbose=verbose)
         m = result.metrics  # train() already scored split.test (clipped) with the best parameters
         row = {"encoder": spec, "rmse": nan_to_none(m.get("test_rmse")), "mae": nan_to_none(m.get("test_mae")),

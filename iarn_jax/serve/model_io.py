@@ -74,6 +74,16 @@ class ServedModel:
         return self._cache["model"]
 
     @property
+    def constants(self) -> dict:
+        """The model's non-trainable variables: its item feature tables, rebuilt from the saved
+        features (``features.npz``); {} without a feature encoder."""
+        from iarn_jax.training.loop import model_constants
+
+        if "constants" not in self._cache:
+            self._cache["constants"] = model_constants(self.model_config, self.data.split)
+        return self._cache["constants"]
+
+    @property
     def dataset(self) -> Dataset:
         return self.data.split.dataset
 
@@ -261,14 +271,17 @@ def load_model(path) -> ServedModel:
     data = PreparedData(split=split, user_histories=user_histories, item_histories=item_histories,
                         train=empty, val=empty, test=empty, history_mode=manifest.get("history_mode", "full"))
     served = ServedModel(model_config, train_config, None, data, manifest.get("metrics", {}), path)
-    like = abstract_params(served.model)
+    like = abstract_params(served.model, served.constants)
     served.params = checkpoint.load_params(path / "params", like)
     return served
 
 
-def abstract_params(model) -> Any:
-    """The parameter tree's shapes and dtypes (``jax.eval_shape`` of ``init``; nothing is computed)."""
+def abstract_params(model, constants: Optional[dict] = None) -> Any:
+    """The parameter tree's shapes and dtypes (``jax.eval_shape`` of ``init``; nothing is computed).
+    constants: the model's feature tables (``ServedModel.constants``) when it has an encoder."""
     import jax
+
+    from iarn_jax.models.iarn import initialize
 
     batch = {
         "user": np.zeros(1, np.int32), "item": np.zeros(1, np.int32),
@@ -277,7 +290,8 @@ def abstract_params(model) -> Any:
         "user_history_mask": np.ones((1, 1), bool), "item_history": np.zeros((1, 1), np.int32),
         "item_history_rating": np.zeros((1, 1), np.float32), "item_history_mask": np.ones((1, 1), bool),
     }
-    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch, deterministic=True)["params"])
+    return jax.eval_shape(lambda c: initialize(model, jax.random.PRNGKey(0), batch, c, deterministic=True),
+                          constants or {})
 
 
 def history_frame(user_histories: Histories) -> pd.DataFrame:

@@ -125,8 +125,8 @@ def with_unknown_user(served) -> UnknownUserModel:
     config = served.model_config
     grown = dataclasses.replace(config, n_users=config.n_users + 1)
     model = build_model(grown, served.data.split)
-    before = abstract_params(served.model)
-    after = abstract_params(model)
+    before = abstract_params(served.model, served.constants)
+    after = abstract_params(model, served.constants)  # the same items, so the same feature tables
 
     def pad(path, value, old, new):
         if old.shape == new.shape:

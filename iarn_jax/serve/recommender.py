@@ -59,7 +59,8 @@ def _scorer(served: ServedModel):
         cfg = served.train_config
         served._cache["scorer"] = RankingScorer(
             unknown.model, unknown.params, served.data.user_histories, served.data.item_histories,
-            candidate_items(served), max_len=cfg.max_len, bucket_lengths=cfg.bucket_lengths)
+            candidate_items(served), max_len=cfg.max_len, bucket_lengths=cfg.bucket_lengths,
+            constants=served.constants)
     return served._cache["scorer"]
 
 
@@ -76,7 +77,7 @@ def _eval_step(served: ServedModel, model):
         from iarn_jax.training.step import make_eval_step, make_mesh
 
         mesh = make_mesh()
-        served._cache[key] = (make_eval_step(make_apply_fn(model), mesh), mesh)
+        served._cache[key] = (make_eval_step(make_apply_fn(model), mesh, served.constants), mesh)
     return served._cache[key]
 
 
@@ -194,7 +195,11 @@ def _gates_fn(served: ServedModel, net):
     if key not in served._cache:
         import jax
 
-        served._cache[key] = jax.jit(lambda p, b: net.apply({"params": p}, b)[1])
+        from iarn_jax.models.iarn import model_variables
+
+        apply = jax.jit(lambda p, c, b: net.apply(model_variables(p, c), b)[1])
+        constants = served.constants  # the item feature tables: an argument, not a compiled constant
+        served._cache[key] = lambda p, b: apply(p, constants, b)
     return served._cache[key]
 
 

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from iarn_jax.data.negatives import NegativeSampler
-from iarn_jax.models.iarn import IARN
+from iarn_jax.models.iarn import IARN, model_variables
 from iarn_jax.training.config import TrainConfig
 from iarn_jax.training.input_pipeline import PreparedData, eval_batches, local_rows, with_negatives
 from iarn_jax.training.objectives import sampled_auc
@@ -75,6 +75,8 @@ def gate_saturation(stats_step: Callable, params: Any, pairs: Any, data: Prepare
 class Validator:
     """The compiled evaluation steps of one model and the data they score.
 
+    constants: the model's non-trainable collections (the feature tables; {} without), passed to
+      every compiled step.
     neg_eval_step / val_negatives [N_val, cfg.val_negatives]: set when a sampled AUC is measured.
     """
 
@@ -83,6 +85,7 @@ class Validator:
     cfg: TrainConfig
     mesh: Any
     eval_step: Callable
+    constants: dict = dataclasses.field(default_factory=dict)
     neg_eval_step: Optional[Callable] = None
     val_negatives: Optional[np.ndarray] = None
 
@@ -115,18 +118,20 @@ class Validator:
         out = {"test_rmse": test["rmse"], "test_mae": test["mae"], "val_rmse": val["rmse"],
                **({"val_auc_sampled": validation["auc"]} if "auc" in validation else {})}
         if self.model.config.gated:  # a tower whose gates all sit at 0 or 1 is visible at once
-            stats_step = make_gate_stats_step(make_apply_fn(self.model), self.mesh)
+            stats_step = make_gate_stats_step(make_apply_fn(self.model), self.mesh, constants=self.constants)
             out.update(gate_saturation(stats_step, params, data.test, data, self.cfg, self.mesh))
         return out
 
 
 def make_validator(model: IARN, data: PreparedData, cfg: TrainConfig, mesh,
-                   sampler: Optional[NegativeSampler] = None) -> Validator:
-    """A Validator of ``model``; with a sampler, also the sampled validation AUC."""
-    validator = Validator(model, data, cfg, mesh, make_eval_step(make_apply_fn(model), mesh))
+                   sampler: Optional[NegativeSampler] = None, constants: Optional[dict] = None) -> Validator:
+    """A Validator of ``model`` (``constants``: its feature tables, see ``training.step``); with a
+    sampler, also the sampled validation AUC."""
+    constants = dict(constants or {})
+    validator = Validator(model, data, cfg, mesh, make_eval_step(make_apply_fn(model), mesh, constants), constants)
     if sampler is not None:
         validator.neg_eval_step = make_negative_eval_step(
-            lambda params, batch: model.apply({"params": params}, batch, deterministic=True,
-                                              method=IARN.score_with_negatives)[:2], mesh)
+            lambda params, batch, constants: model.apply(model_variables(params, constants), batch, deterministic=True,
+                                                         method=IARN.score_with_negatives)[:2], mesh, constants)
         validator.val_negatives = validation_negatives(sampler, data.val, cfg.val_negatives)
     return validator

@@ -27,7 +27,8 @@ import pandas as pd
 from iarn_jax.data import batching, histories
 from iarn_jax.data.types import ProtocolSplit
 from iarn_jax.models.config import ModelConfig
-from iarn_jax.models.iarn import IARN
+from iarn_jax.models.features import feature_data_for, feature_variables
+from iarn_jax.models.iarn import IARN, initialize, model_variables
 from iarn_jax.progress import Progress, bars_enabled, format_seconds
 from iarn_jax.training import checkpoint, run_records, run_state, schedule as schedule_lib
 from iarn_jax.training.config import TrainConfig
@@ -64,14 +65,26 @@ class TrainResult:
     def model(self) -> IARN:
         return build_model(self.model_config, self.data.split)
 
+    @property
+    def constants(self) -> dict:
+        """The model's non-trainable variables (its feature tables; {} without an encoder)."""
+        return model_constants(self.model_config, self.data.split)
+
 
 def build_model(model_config: ModelConfig, split: ProtocolSplit) -> IARN:
-    """IARN with the split's item features when the config names a feature encoder."""
+    """IARN sized for the split's item features when the config names a feature encoder (the
+    tables themselves are :func:`model_constants`)."""
     if model_config.feature_encoder is None:
         return IARN(model_config)
-    from iarn_jax.models.features import feature_data_for
+    return IARN(model_config, n_features=feature_data_for(model_config, split.dataset).n_features)
 
-    return IARN(model_config, feature_data=feature_data_for(model_config, split.dataset))
+
+def model_constants(model_config: ModelConfig, split: ProtocolSplit) -> dict:
+    """The non-trainable variables ``IARN.apply`` reads next to the parameters: {} without a feature
+    encoder, else {"features": {"flat": [n_items, K], "paths": [n_items, P, L]}} (int32)."""
+    if model_config.feature_encoder is None:
+        return {}
+    return feature_variables(feature_data_for(model_config, split.dataset))
 
 
 def complete_model_config(model_config: ModelConfig, split: ProtocolSplit) -> ModelConfig:
@@ -124,16 +137,17 @@ def factor_penalty(params: Any, batch: dict) -> jax.Array:
 
 
 def make_loss_fn(model: IARN, model_config: ModelConfig, cfg: TrainConfig) -> Callable:
-    """loss(params, batch, dropout_rng) of ``cfg.objective`` (+ the stationary factors' L2)."""
+    """loss(params, batch, dropout_rng, constants=None) of ``cfg.objective`` (+ the stationary factors'
+    L2); ``constants``: the model's feature tables (see :func:`model_constants`)."""
     offset = model_config.global_mean if model_config.bias == "global_user_item" else 0.0
 
-    def loss_fn(params, batch, dropout_rng):
-        rngs = {"dropout": dropout_rng}
+    def loss_fn(params, batch, dropout_rng, constants=None):
+        rngs, variables = {"dropout": dropout_rng}, model_variables(params, constants)
         if cfg.uses_negatives:
-            positive, negative, _ = model.apply({"params": params}, batch, deterministic=False, rngs=rngs,
+            positive, negative, _ = model.apply(variables, batch, deterministic=False, rngs=rngs,
                                                 method=IARN.score_with_negatives)
         else:
-            (positive, _), negative = model.apply({"params": params}, batch, deterministic=False, rngs=rngs), None
+            (positive, _), negative = model.apply(variables, batch, deterministic=False, rngs=rngs), None
         loss = objective_loss(cfg.objective, positive, negative, batch, loss=cfg.ranking_loss,
                               joint_weight=cfg.joint_weight, offset=offset)
         if model_config.stationary_dim and cfg.factor_l2:
@@ -284,17 +298,18 @@ class _Logger:
 
 
 def init_params(model: IARN, split: ProtocolSplit, data: PreparedData, cfg: TrainConfig,
-                rng: jax.Array) -> tuple[Any, dict]:
-    """Initial parameters: Flax init on the first training batch, then the configured bias and factor
-    starts (``cfg.bias_init``, ``cfg.factor_init``). Returns (params, factor_info: {} or the factor
-    start's record, e.g. {"factor_init": "mf", "factor_init_val_rmse": ...})."""
+                rng: jax.Array, constants: Optional[dict] = None) -> tuple[Any, dict]:
+    """Initial parameters: Flax init on the first training batch (reading the feature tables
+    ``constants``), then the configured bias and factor starts (``cfg.bias_init``,
+    ``cfg.factor_init``). Returns (params, factor_info: {} or the factor start's record, e.g.
+    {"factor_init": "mf", "factor_init_val_rmse": ...})."""
     model_config = model.config
     first = batching.materialize(
         batching.make_batch_plan(data.train, cfg.batch_size, seed=cfg.seed, epoch=0,
                                  bucket_lengths=cfg.bucket_lengths, max_len=cfg.max_len)[0],
         data.train, data.user_histories, data.item_histories, max_len=cfg.max_len,
     )
-    params = jax.jit(lambda r, b: model.init(r, b, deterministic=True)["params"])(rng, first)
+    params = jax.jit(lambda r, b, c: initialize(model, r, b, c, deterministic=True))(rng, first, constants or {})
     if model_config.bias != "none" and cfg.bias_init == "baseline":
         params = init_biases_from_baseline(params, split, model_config)
     start_at_baseline = ((cfg.factor_init == "baseline" and cfg.objective in ("rating", "joint"))
@@ -341,20 +356,20 @@ def train(
     if cfg.batch_size % mesh.devices.size or cfg.eval_batch_size % mesh.devices.size:
         raise ValueError(f"batch sizes ({cfg.batch_size}, {cfg.eval_batch_size}) must divide over "
                          f"{mesh.devices.size} devices")
-    model = build_model(model_config, split)
+    model, constants = build_model(model_config, split), model_constants(model_config, split)
     tx = make_optimizer(cfg)
     init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
-    params, factor_info = init_params(model, split, data, cfg, init_rng)
+    params, factor_info = init_params(model, split, data, cfg, init_rng, constants)
     state = create_train_state(params, tx, dropout_rng, mesh)
     sampler = make_negative_sampler(data, cfg) if (cfg.uses_negatives or cfg.selection_metric == "auc") else None
-    validator = make_validator(model, data, cfg, mesh, sampler)
+    validator = make_validator(model, data, cfg, mesh, sampler, constants)
     run = RunState(state, _copy(state.params))
     restored = run_state.restore(ckpt_dir, run) if resume else None
     if restored is not None:
         run, step = restored
         log({"event": "resume", "step": step},
             f"resumed from step {step} (epoch {run.position.epoch}, batch {run.position.batch})")
-    train_step = make_train_step(make_apply_fn(model), tx, mesh, make_loss_fn(model, model_config, cfg))
+    train_step = make_train_step(make_apply_fn(model), tx, mesh, make_loss_fn(model, model_config, cfg), constants)
     runner = StepRunner(train_step, data, cfg, mesh, log, sampler, step=int(run.state.step))
     eval_every = cfg.eval_every or _steps_per_epoch(data, cfg)
     _log_start(log, data, cfg, model_config, mesh)
@@ -489,5 +504,5 @@ def predict(result: TrainResult, pairs_df: pd.DataFrame, *, history_mode: str = 
     data = result.data
     pairs = histories.make_pairs(pairs_df, data.user_histories, data.item_histories, mode=history_mode)
     mesh = make_mesh()
-    eval_step = make_eval_step(make_apply_fn(result.model), mesh)
+    eval_step = make_eval_step(make_apply_fn(result.model), mesh, result.constants)
     return predict_pairs(eval_step, result.params, pairs, data, result.train_config, mesh)

@@ -113,6 +113,18 @@ def config_differences(stored: dict, new: dict, defaults: Optional[dict] = None)
     return diffs
 
 
+def _with_typed_encoder(payload: dict) -> dict:
+    """A stored config.json payload whose model section names its feature encoder in the legacy form
+    ("hier:step:r8"), with the typed fields instead (``models.config.encoder_fields``)."""
+    from iarn_jax.models.config import encoder_fields
+
+    model = payload.get("model")
+    name = model.get("feature_encoder") if isinstance(model, dict) else None
+    if not isinstance(name, str) or ":" not in name:
+        return payload
+    return {**payload, "model": {**model, **encoder_fields(name)}}
+
+
 def _config_defaults() -> dict:
     from iarn_jax.models.config import ModelConfig
     from iarn_jax.training.config import TrainConfig
@@ -184,6 +196,7 @@ def prepare_workdir(workdir, payload: dict, *, resume: bool, overwrite: bool, ck
             raise RunStateError(f"{config_path}: unreadable or not a JSON object; cannot check that "
                                 f"--resume continues the same run (use --overwrite to replace it)")
         if stored is not None:
+            stored = _with_typed_encoder(stored)
             allowed = _refuse_changes(config_path, config_differences(stored, payload, _config_defaults()))
             if allowed:
                 say("resume with changed " + ", ".join(f"{n} {a!r} -> {b!r}" for n, a, b in allowed))

@@ -3,6 +3,10 @@
 One 1-D device mesh with axis "data": batches are sharded on their leading
 axis, parameters and optimiser state are replicated, and the train state buffers
 are donated. The same code runs on one CPU, one GPU or many devices (and hosts).
+
+``constants``: the model's non-trainable variable collections ({} or the ``"features"`` tables of
+``iarn_jax.models.features.feature_variables``). Each step builder takes them once; they enter the
+compiled step as a (replicated) argument at every call, never as constants baked into the code.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from iarn_jax.training.objectives import weighted_mse  # noqa: F401  (re-exporte
 
 DATA_AXIS = "data"
 Batch = Mapping[str, Any]
+Constants = Mapping[str, Any]
 
 
 @flax.struct.dataclass
@@ -60,62 +65,79 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
 
 
 def make_apply_fn(model) -> Callable:
-    """apply_fn(params, batch, deterministic, rngs) -> (pred [B], aux) of a Flax model (the steps' form)."""
-    def apply_fn(params, batch, deterministic, rngs):
-        return model.apply({"params": params}, batch, deterministic=deterministic, rngs=rngs)
+    """apply_fn(params, batch, deterministic, rngs, constants=None) -> (pred [B], aux) of a Flax model
+    (the steps' form); ``constants`` are the model's non-trainable collections."""
+    def apply_fn(params, batch, deterministic, rngs, constants=None):
+        return model.apply({"params": params, **(constants or {})}, batch, deterministic=deterministic, rngs=rngs)
 
     return apply_fn
 
 
+def _with_constants(compiled: Callable, constants: Optional[Constants], mesh: Mesh) -> Callable:
+    """fn(a, batch) -> compiled(a, batch, constants): the constants, placed once (replicated), are an
+    argument of every call."""
+    constants = jax.device_put(dict(constants or {}), replicated(mesh))
+
+    def call(first, batch):
+        return compiled(first, batch, constants)
+
+    return call
+
+
 def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, mesh: Mesh,
-                    loss_fn: Optional[Callable] = None):
+                    loss_fn: Optional[Callable] = None, constants: Optional[Constants] = None):
     """Builds the jit-compiled train step.
 
-    apply_fn(params, batch, deterministic, rngs) -> (pred [B], aux).
-    loss_fn(params, batch, dropout_rng) -> scalar loss; default: the weighted MSE of apply_fn's
-      predictions against batch["rating"] (the rating objective).
+    apply_fn(params, batch, deterministic, rngs, constants) -> (pred [B], aux).
+    loss_fn(params, batch, dropout_rng, constants) -> scalar loss; default: the weighted MSE of
+      apply_fn's predictions against batch["rating"] (the rating objective).
+    constants: the model's non-trainable collections (see the module doc); default none.
     Returns step(state, batch) -> (state, metrics) with metrics {"loss", "n"}.
     The RNG for dropout is fold_in(state.rng, state.step), so a resumed run draws
     the same masks as an uninterrupted one.
     """
     if loss_fn is None:
-        def loss_fn(params, batch, dropout_rng):
-            pred, _ = apply_fn(params, batch, False, {"dropout": dropout_rng})
+        def loss_fn(params, batch, dropout_rng, constants):
+            pred, _ = apply_fn(params, batch, False, {"dropout": dropout_rng}, constants)
             return weighted_mse(pred, batch["rating"], batch["weight"])
 
-    def train_step(state: TrainState, batch: Batch):
+    def train_step(state: TrainState, batch: Batch, constants: Constants):
         dropout_rng = jax.random.fold_in(state.rng, state.step)
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, dropout_rng)
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, dropout_rng, constants)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, {"loss": loss, "n": jnp.sum(batch["weight"])}
 
     rep, shard = replicated(mesh), data_sharded(mesh)
-    return jax.jit(
+    compiled = jax.jit(
         train_step,
-        in_shardings=(rep, shard),
+        in_shardings=(rep, shard, rep),
         out_shardings=(rep, rep),
         donate_argnums=(0,),
     )
+    return _with_constants(compiled, constants, mesh)
 
 
-def make_eval_step(apply_fn: Callable, mesh: Mesh):
+def make_eval_step(apply_fn: Callable, mesh: Mesh, constants: Optional[Constants] = None):
     """jit-compiled prediction step: (params, batch) -> pred [B] (dropout off)."""
 
-    def eval_step(params, batch: Batch):
-        pred, _ = apply_fn(params, batch, True, None)
+    def eval_step(params, batch: Batch, constants: Constants):
+        pred, _ = apply_fn(params, batch, True, None, constants)
         return pred.astype(jnp.float32)
 
-    return jax.jit(eval_step, in_shardings=(replicated(mesh), data_sharded(mesh)), out_shardings=replicated(mesh))
+    rep = replicated(mesh)
+    compiled = jax.jit(eval_step, in_shardings=(rep, data_sharded(mesh), rep), out_shardings=rep)
+    return _with_constants(compiled, constants, mesh)
 
 
-def make_gate_stats_step(apply_fn: Callable, mesh: Mesh, low: float = 0.01, high: float = 0.99):
+def make_gate_stats_step(apply_fn: Callable, mesh: Mesh, low: float = 0.01, high: float = 0.99,
+                         constants: Optional[Constants] = None):
     """jit-compiled (params, batch) -> [2, 2] float32: per side (user, item), the number of valid history
     steps whose gate is saturated (< low or > high) and the number of valid steps of real examples."""
 
-    def stats(params, batch: Batch):
-        _, aux = apply_fn(params, batch, True, None)
+    def stats(params, batch: Batch, constants: Constants):
+        _, aux = apply_fn(params, batch, True, None, constants)
         rows = []
         for side in ("user", "item"):
             valid = batch[f"{side}_history_mask"] & (batch["weight"][:, None] > 0)
@@ -124,19 +146,23 @@ def make_gate_stats_step(apply_fn: Callable, mesh: Mesh, low: float = 0.01, high
             rows.append(jnp.stack([jnp.sum(saturated), jnp.sum(valid)]).astype(jnp.float32))
         return jnp.stack(rows)
 
-    return jax.jit(stats, in_shardings=(replicated(mesh), data_sharded(mesh)), out_shardings=replicated(mesh))
+    rep = replicated(mesh)
+    compiled = jax.jit(stats, in_shardings=(rep, data_sharded(mesh), rep), out_shardings=rep)
+    return _with_constants(compiled, constants, mesh)
 
 
-def make_negative_eval_step(score_fn: Callable, mesh: Mesh):
+def make_negative_eval_step(score_fn: Callable, mesh: Mesh, constants: Optional[Constants] = None):
     """jit-compiled (params, batch with negatives) -> (positive [B], negative [B, k]) scores, dropout off.
 
-    score_fn(params, batch) -> (positive, negative)."""
+    score_fn(params, batch, constants) -> (positive, negative)."""
 
-    def eval_step(params, batch: Batch):
-        positive, negative = score_fn(params, batch)
+    def eval_step(params, batch: Batch, constants: Constants):
+        positive, negative = score_fn(params, batch, constants)
         return positive.astype(jnp.float32), negative.astype(jnp.float32)
 
-    return jax.jit(eval_step, in_shardings=(replicated(mesh), data_sharded(mesh)), out_shardings=replicated(mesh))
+    rep = replicated(mesh)
+    compiled = jax.jit(eval_step, in_shardings=(rep, data_sharded(mesh), rep), out_shardings=rep)
+    return _with_constants(compiled, constants, mesh)
 
 
 def put_batch(batch: Batch, mesh: Mesh) -> dict:

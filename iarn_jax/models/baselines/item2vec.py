@@ -90,6 +90,32 @@ def sample_context_pairs(indptr: np.ndarray, contexts: int, window: Optional[int
     return start + pos, start + draw
 
 
+def sgns(target: jax.Array, positive: jax.Array, negatives: jax.Array) -> jax.Array:
+    """Negative-sampling loss [B]: target [B, d], positive [B, d], negatives [B, K, d]."""
+    pos = jax.nn.log_sigmoid(jnp.sum(target * positive, -1))
+    neg = jax.nn.log_sigmoid(-jnp.einsum("bd,bkd->bk", target, negatives)).sum(-1)
+    return -(pos + neg)
+
+
+def skipgram_loss(rows: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], alpha: Optional[float]) -> jax.Array:
+    """Weighted mean over the batch of L_{J|I} (+ alpha * the four metadata terms; alpha None: none).
+
+    rows: gathered vectors, [B, d] ``in_i`` v_i, ``out_j`` u_j, ``out_i`` u_i, ``in_mi`` v_{m_i},
+    ``out_mj`` u_{m_j}; [B, K, d] ``neg_items``, ``neg_feats``. batch: ``weight`` [B] and, with
+    metadata, ``has_mi`` / ``has_mj`` [B] (1 when the item has a feature, else its terms are masked).
+    """
+    loss = sgns(rows["in_i"], rows["out_j"], rows["neg_items"])
+    if alpha is not None:
+        mi, mj = batch["has_mi"], batch["has_mj"]
+        side = (mj * sgns(rows["in_i"], rows["out_mj"], rows["neg_feats"])
+                + mi * sgns(rows["in_mi"], rows["out_j"], rows["neg_items"])
+                + mi * mj * sgns(rows["in_mi"], rows["out_mj"], rows["neg_feats"])
+                + mi * sgns(rows["in_mi"], rows["out_i"], rows["neg_items"]))
+        loss = loss + alpha * side
+    w = batch["weight"]
+    return jnp.sum(w * loss) / jnp.maximum(jnp.sum(w), 1.0)
+
+
 @dataclasses.dataclass
 class SkipGramRecommender:
     """Item2Vec (alpha = 0, no metadata) and MP2Vec (metadata, alpha > 0). See the module docstring."""
@@ -161,23 +187,8 @@ class SkipGramRecommender:
         use_meta = self.use_metadata and n_features > 0
         alpha = float(self.alpha)
 
-        def sgns(target, positive, negatives):
-            """Negative-sampling loss [B]: target [B, d], positive [B, d], negatives [B, K, d]."""
-            pos = jax.nn.log_sigmoid(jnp.sum(target * positive, -1))
-            neg = jax.nn.log_sigmoid(-jnp.einsum("bd,bkd->bk", target, negatives)).sum(-1)
-            return -(pos + neg)
-
         def loss_fn(rows, dense, batch, rng):
-            loss = sgns(rows["in_i"], rows["out_j"], rows["neg_items"])
-            if use_meta:
-                mi, mj = batch["has_mi"], batch["has_mj"]
-                side = (mj * sgns(rows["in_i"], rows["out_mj"], rows["neg_feats"])
-                        + mi * sgns(rows["in_mi"], rows["out_j"], rows["neg_items"])
-                        + mi * mj * sgns(rows["in_mi"], rows["out_mj"], rows["neg_feats"])
-                        + mi * sgns(rows["in_mi"], rows["out_i"], rows["neg_items"]))
-                loss = loss + alpha * side
-            w = batch["weight"]
-            return jnp.sum(w * loss) / jnp.maximum(jnp.sum(w), 1.0)
+            return skipgram_loss(rows, batch, alpha if use_meta else None)
 
         lookups = {"in_i": nc.Lookup("in", "i"), "out_j": nc.Lookup("out", "j"), "neg_items": nc.Lookup("out", "neg_items")}
         if use_meta:
