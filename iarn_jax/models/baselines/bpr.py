@@ -116,11 +116,8 @@ class BPR:
         unseen_last: bool = True,
         **config,
     ):
-        unknown = set(config) - set(DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown BPR options {sorted(unknown)}")
         self.factors = factors
-        self.config = {**DEFAULTS, **config}
+        self.config = common.with_defaults("BPR", DEFAULTS, config)
         self.grid = grid
         # the default grid steps past its edge when the best value sits there (common.grid_search)
         self.grid_extend = {"reg": 3.0} if grid is None else None

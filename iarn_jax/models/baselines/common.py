@@ -39,6 +39,14 @@ Params = Any
 LossFn = Callable[[Params, dict], jnp.ndarray]
 
 
+def with_defaults(model_name: str, defaults: dict, options: dict) -> dict:
+    """{**defaults, **options}; an option the model does not have is refused, naming it."""
+    unknown = set(options) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown {model_name} options {sorted(unknown)}")
+    return {**defaults, **options}
+
+
 def pair_arrays(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """{"user": int32, "item": int32, "rating": float32, "time": int64} arrays."""
     return {

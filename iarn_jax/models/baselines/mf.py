@@ -107,11 +107,8 @@ class MF:
         name: Optional[str] = None,
         **config,
     ):
-        unknown = set(config) - set(DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown MF options {sorted(unknown)}")
         self.factors = factors
-        self.config = {**DEFAULTS, **config}
+        self.config = common.with_defaults("MF", DEFAULTS, config)
         self.grid = grid
         # the default grid steps past its edge when the best value sits there (common.grid_search)
         self.grid_extend = {"reg": 2.0, "reg_bias": 3.0} if grid is None else None

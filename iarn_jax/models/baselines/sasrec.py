@@ -184,11 +184,8 @@ class SASRec:
 
     def __init__(self, max_len: Optional[int] = None, *, grid: Optional[Sequence[dict]] = None,
                  unseen_last: bool = True, **config):
-        unknown = set(config) - set(DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown SASRec options {sorted(unknown)}")
         self.max_len = max_len
-        self.config = {**DEFAULTS, **config}
+        self.config = common.with_defaults("SASRec", DEFAULTS, config)
         self.grid = grid
         self.unseen_last = unseen_last
         self.params = None

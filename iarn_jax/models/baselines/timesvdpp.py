@@ -138,11 +138,8 @@ class TimeSVDpp:
     rates = True
 
     def __init__(self, factors: Optional[int] = None, *, grid: Optional[Sequence[dict]] = None, **config):
-        unknown = set(config) - set(DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown TimeSVD++ options {sorted(unknown)}")
         self.factors = factors
-        self.config = {**DEFAULTS, **config}
+        self.config = common.with_defaults("TimeSVD++", DEFAULTS, config)
         self.grid = grid
         # the default grid steps past its edge when the best value sits there (common.grid_search)
         self.grid_extend = {"reg": 2.0, "reg_time": 10.0} if grid is None else None
