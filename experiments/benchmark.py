@@ -22,6 +22,7 @@ Measured (all in this one process, so ratios are comparable on a noisy shared ma
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -374,9 +375,11 @@ def format_table(result: dict) -> str:
 def main(argv):
     from absl import flags
 
+    from experiments import _flags, _output
+
     F = flags.FLAGS
-    if len(argv) > 1:
-        raise SystemExit(f"unexpected arguments: {argv[1:]}")
+    _flags.check_no_arguments(argv)
+    _output.quiet_output()  # absl INFO lines only with --verbosity; no TPU-probe record
     result = run_speed(
         batch_sizes=[int(b) for b in F.batch_sizes], history_len=F.history_len, embed_dim=F.embed_dim,
         hidden_size=F.hidden_size, attention_size=F.attention_size, n_users=F.n_users, n_items=F.n_items,
@@ -395,10 +398,13 @@ def main(argv):
     print(json.dumps(result, sort_keys=True) if F.json else format_table(result), flush=True)
 
 
-def _define_flags():
+@functools.cache  # once per process
+def define_flags() -> None:
     from absl import flags
 
-    flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+    from experiments import _flags
+
+    _flags.define("json", "data_root", "seed", "use_tqdm")
     flags.DEFINE_list("batch_sizes", ["64", "512"], "Train-step batch sizes.")
     flags.DEFINE_integer("history_len", 50, "Padded user and item history length.")
     flags.DEFINE_integer("embed_dim", 25, "Embedding size.")
@@ -416,12 +422,10 @@ def _define_flags():
     flags.DEFINE_bool("pipeline", False, "Also time histories + batch plans on synthetic ratings.")
     flags.DEFINE_list("pipeline_sizes", ["1000000", "3000000", "10000000"], "Rating counts for --pipeline.")
     flags.DEFINE_string("epoch", None, "Also run a real training loop on this protocol (e.g. clothing).")
-    flags.DEFINE_string("data_root", None, "Data root for --epoch and --converge.")
     flags.DEFINE_integer("epoch_steps", 0, "Steps of the --epoch loop (0: a whole epoch).")
     flags.DEFINE_integer("epoch_batch_size", 64, "Batch size of the --epoch loop.")
     flags.DEFINE_bool("converge", False, "Also train the default IARN of --converge_protocol to its early stop.")
     flags.DEFINE_string("converge_protocol", "clothing", "Protocol of --converge.")
-    flags.DEFINE_integer("seed", 0, "Seed of --converge.")
     flags.DEFINE_bool("scale", False, "Also time the sharded step on forced host devices.")
     flags.DEFINE_list("scale_devices", ["1", "2", "4"], "Device counts for --scale.")
 
@@ -429,5 +433,5 @@ def _define_flags():
 if __name__ == "__main__":
     from experiments import _cli
 
-    _define_flags()
+    define_flags()
     _cli.run_main(main)  # data / flag / run-state errors: one line, exit status 2
