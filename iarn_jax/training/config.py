@@ -49,8 +49,9 @@ class TrainConfig:
       MF: its biases and factors, with the item tower's head at 0 so the first prediction is MF's;
       the run evaluates that start, so early stopping never ends worse on validation; ranking:
       random, which trained to a higher validation AUC than a BPR start on ml100k), "bpr" (ranking:
-      start at the tuned BPR the same way), "als" (factors from an ALS factorisation of the
-      residuals after the BaselineOnly biases) or "random".
+      start at the tuned BPR the same way), "hievh" (rating / joint: start at the tuned HieVH,
+      trained on the training pairs only, its category factors folded into q_i), "als" (factors
+      from an ALS factorisation of the residuals after the BaselineOnly biases) or "random".
     """
 
     batch_size: int = 64
@@ -107,8 +108,11 @@ class TrainConfig:
             raise ValueError(f"objective {self.objective!r} needs n_negatives >= 1, got {self.n_negatives}")
         if self.val_negatives < 1:
             raise ValueError(f"val_negatives must be >= 1, got {self.val_negatives}")
-        if self.factor_init not in ("baseline", "bpr", "als", "random"):
-            raise ValueError(f"factor_init must be 'baseline', 'bpr', 'als' or 'random', got {self.factor_init!r}")
+        if self.factor_init not in ("baseline", "bpr", "hievh", "als", "random"):
+            raise ValueError(f"factor_init must be 'baseline', 'bpr', 'hievh', 'als' or 'random', "
+                             f"got {self.factor_init!r}")
+        if self.factor_init == "hievh" and self.objective == "ranking":
+            raise ValueError("factor_init='hievh' starts at a rating model: use it with objective 'rating' or 'joint'")
         if self.factor_l2 < 0 or self.joint_weight < 0:
             raise ValueError("factor_l2 and joint_weight must be >= 0")
         if self.batch_size <= 0 or self.eval_batch_size <= 0:

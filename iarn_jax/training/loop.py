@@ -168,19 +168,37 @@ def _set_factors(params: Any, user_factors, item_factors, user_bias=None, item_b
     return params
 
 
-def init_from_factor_baseline(params: Any, split: ProtocolSplit, model_config: ModelConfig, objective: str,
-                              seed: int = 0) -> tuple[Any, dict]:
-    """Starts the model *at* the project's tuned factor baseline for the objective: MF (``rating``,
-    ``joint``: b_u, b_i, p_u, q_i) or BPR (``ranking``: b_i, p_u, q_i), each with S factors, its own
-    validation grid and early stopping. The item tower's head starts at 0, so <u~, v~> = 0 and the
-    first prediction is the baseline's exactly; the recurrent towers learn the residual.
-    Returns (params, {"factor_init": "mf" | "bpr", "factor_init_val_rmse" (MF)})."""
+def _fit_factor_baseline(name: str, split: ProtocolSplit, dim: int, seed: int):
+    """The tuned factor baseline ``name`` ("mf", "bpr", "hievh") with ``dim`` factors, trained on the
+    training pairs only (selected on validation, no refit on train + validation), and its weights
+    {"user_factors", "item_factors", "user_bias" (not BPR), "item_bias"} as NumPy arrays."""
     from iarn_jax.models.baselines.bpr import BPR
+    from iarn_jax.models.baselines.hievh import HieVH
     from iarn_jax.models.baselines.mf import MF
 
+    if name == "hievh":  # r = mu + b_u + (b_i + cb_i) + p_u . (v_i + h_i): exported with q_i = v_i + h_i
+        baseline = HieVH(dim=dim, refit=False).fit(split, seed=seed, verbose=False)
+        exported = baseline.params_
+        weights = {"user_factors": exported["user"], "item_factors": exported["item"],
+                   "user_bias": exported["user_bias"], "item_bias": exported["item_bias"]}
+    else:
+        baseline = (BPR if name == "bpr" else MF)(factors=dim).fit(split, seed=seed, verbose=False)
+        weights = baseline.params
+    return baseline, {k: np.asarray(v) for k, v in weights.items()}
+
+
+def init_from_factor_baseline(params: Any, split: ProtocolSplit, model_config: ModelConfig, objective: str,
+                              seed: int = 0, baseline_name: Optional[str] = None) -> tuple[Any, dict]:
+    """Starts the model *at* one of the project's tuned factor baselines: by default the objective's,
+    MF (``rating``, ``joint``: b_u, b_i, p_u, q_i) or BPR (``ranking``: b_i, p_u, q_i); or
+    ``baseline_name`` = "hievh" (HieVH's item factors and biases with its category parts folded in).
+    Each has S factors, its own validation grid and early stopping. The item tower's head starts at 0,
+    so <u~, v~> = 0 and the first prediction is the baseline's exactly; the recurrent towers learn
+    the residual. Returns (params, {"factor_init": "mf" | "bpr" | "hievh", "factor_init_val_rmse"
+    (rating baselines)})."""
     ranking = objective == "ranking"
-    baseline = (BPR if ranking else MF)(factors=model_config.stationary_dim).fit(split, seed=seed, verbose=False)
-    weights = {k: np.asarray(v) for k, v in baseline.params.items()}
+    name = baseline_name or ("bpr" if ranking else "mf")
+    baseline, weights = _fit_factor_baseline(name, split, model_config.stationary_dim, seed)
     with_bias = model_config.bias != "none"
     user_bias = None if ranking or not with_bias else weights["user_bias"]
     if ranking and with_bias:  # BPR has no user bias (it cancels in a user's ranking)
@@ -191,8 +209,8 @@ def init_from_factor_baseline(params: Any, split: ProtocolSplit, model_config: M
     item["head_kernel"] = jax.numpy.zeros_like(item["head_kernel"])
     item["head_bias"] = jax.numpy.zeros_like(item["head_bias"])
     params["item_tower"] = item
-    info = {"factor_init": "bpr" if ranking else "mf"}
-    if not ranking:
+    info = {"factor_init": name}
+    if name != "bpr":
         val = split.val
         pred = baseline.predict(val["user"].to_numpy(np.int64), val["item"].to_numpy(np.int64))
         info["factor_init_val_rmse"] = rating_metrics(np.asarray(pred), val["rating"].to_numpy(),
@@ -316,6 +334,9 @@ def init_params(model: IARN, split: ProtocolSplit, data: PreparedData, cfg: Trai
                          or (cfg.factor_init == "bpr" and cfg.objective == "ranking"))
     if model_config.stationary_dim and start_at_baseline:
         return init_from_factor_baseline(params, split, model_config, cfg.objective, seed=cfg.seed)
+    if model_config.stationary_dim and cfg.factor_init == "hievh":
+        return init_from_factor_baseline(params, split, model_config, cfg.objective, seed=cfg.seed,
+                                         baseline_name="hievh")
     if model_config.stationary_dim and cfg.factor_init == "als":
         return init_factors_from_mf(params, split, model_config, seed=cfg.seed)
     return params, {}
