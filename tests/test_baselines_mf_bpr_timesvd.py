@@ -297,3 +297,23 @@ def test_grid_search_steps_past_the_edge_until_validation_stops_improving():
     calls.clear()
     best, *_ = common.grid_search(common.expand_grid(reg=[1.6, 3.2]), fit_fn, verbose=False, extend={"reg": 2.0})
     assert calls == [1.6, 3.2, 0.8, 0.4] and best["reg"] == 0.8
+
+
+def test_recentpop_counts_the_last_window_and_picks_it_on_the_latest_events():
+    """Item 0 was popular early, item 1 is popular at the end: all-time popularity ranks 0 first,
+    the recent window ranks 1 first, and the holdout (the latest events, mostly item 1) picks a
+    window short enough to see that."""
+    import types
+
+    from iarn_jax.models.baselines.bpr import RecentPop
+
+    times = np.r_[np.arange(0, 60), np.arange(80, 100), np.arange(80, 100, 4)]
+    items = np.r_[np.zeros(60, int), np.ones(20, int), np.full(5, 2)]
+    split = types.SimpleNamespace(name="toy", n_items=4, history=pd.DataFrame({"item": items, "time": times}))
+    fixed = RecentPop(window=0.2).fit(split, verbose=False)  # window = round(0.2 * 100) = 20: times >= 80
+    totals = np.bincount(items, minlength=4)
+    np.testing.assert_allclose(fixed.counts, [0, 20, 5, 0] + totals / (totals.max() + 1.0))
+    assert list(np.argsort(-fixed.score_items(0, np.arange(4)))) == [1, 2, 0, 3]
+    chosen = RecentPop().fit(split, verbose=False)
+    assert chosen.window < 0.5 and np.argmax(chosen.counts) == 1
+    assert np.argmax(RecentPop(window=1.0).fit(split, verbose=False).counts) == 0  # all-time: item 0

@@ -12,6 +12,7 @@ from iarn_jax.data import batching, histories
 from iarn_jax.data.negatives import NegativeSampler, materialize_negatives, negative_rng
 from iarn_jax.models.config import ModelConfig
 from iarn_jax.models.iarn import IARN
+from iarn_jax.training.config import TrainConfig
 from iarn_jax.training import objectives
 from iarn_jax.training.objectives import objective_loss, sampled_auc
 
@@ -250,6 +251,28 @@ def test_factor_baseline_start_predicts_exactly_the_baseline(tiny_split, objecti
         w = {k: np.asarray(v) for k, v in baseline.params.items()}
         expected = w["item_bias"][items] + np.sum(w["user_factors"][users] * w["item_factors"][items], -1) + cfg.global_mean
     np.testing.assert_allclose(np.asarray(pred), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_hievh_start_predicts_exactly_hievh(tiny_split):
+    """factor_init="hievh": the model starts at HieVH trained on the training pairs (no refit), its
+    category factors and biases folded into q_i and b_i: the same predictions."""
+    from iarn_jax.models.baselines.hievh import HieVH
+    from iarn_jax.training import loop
+
+    cfg = loop.complete_model_config(TINY, tiny_split)
+    model = IARN(cfg)
+    data = loop.prepare_data(tiny_split, "full_without_self")
+    batch = batching.materialize(np.arange(len(data.test)), data.test, data.user_histories, data.item_histories,
+                                 max_len=16)
+    params = model.init(jax.random.key(0), batch)["params"]
+    params, info = loop.init_from_factor_baseline(params, tiny_split, cfg, "rating", seed=3, baseline_name="hievh")
+    pred, _ = model.apply({"params": params}, batch)
+    baseline = HieVH(dim=cfg.stationary_dim, refit=False).fit(tiny_split, seed=3, verbose=False)
+    expected = baseline.predict(batch["user"].astype(np.int64), batch["item"].astype(np.int64))
+    assert info["factor_init"] == "hievh" and np.isfinite(info["factor_init_val_rmse"])
+    np.testing.assert_allclose(np.asarray(pred), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="hievh"):
+        TrainConfig(objective="ranking", factor_init="hievh", history_mode="full_without_self")
 
 
 def test_gate_saturation_statistic_on_a_hand_made_case():

@@ -16,11 +16,14 @@ one (Tu, Ti) shape and a small, bounded set of shapes reaches ``jax.jit``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
 from iarn_jax.data.histories import Histories, PairSet
+
+if TYPE_CHECKING:
+    from iarn_jax.data.recency import ItemRecency
 
 DEFAULT_BUCKETS = (8, 16, 32, 64, 128, 256)
 _LONG_MULTIPLE = 64
@@ -169,11 +172,13 @@ def _side(histories: Histories, entity, visible_len, self_pos, T: int, max_len: 
 def materialize(entry: Union[BatchEntry, np.ndarray, Sequence[int]], pairs: PairSet,
                 user_histories: Histories, item_histories: Histories, *,
                 max_len: Optional[int] = None, with_ratings: bool = True,
-                bucket_lengths: Sequence[int] = DEFAULT_BUCKETS, drop_self: bool = False) -> dict:
+                bucket_lengths: Sequence[int] = DEFAULT_BUCKETS, drop_self: bool = False,
+                recency: Optional["ItemRecency"] = None) -> dict:
     """The padded batch dict (BATCH_SPEC) of one plan entry or of bare pair indices.
 
     drop_self=True removes each pair's own interaction from both histories (see :func:`_side`)
-    instead of zeroing its rating.
+    instead of zeroing its rating. ``recency`` (an :class:`iarn_jax.data.recency.ItemRecency`) adds
+    ``item_recency`` float32 [B, K + 1]: each pair's item features at the pair's time (0 on padding).
 
     Histories are left-aligned (valid steps first); ``max_len`` keeps the most
     recent steps; ``*_history_rating`` is 0 on padding and on the pair's own
@@ -198,9 +203,10 @@ def materialize(entry: Union[BatchEntry, np.ndarray, Sequence[int]], pairs: Pair
         rating = np.where(real, pairs.rating[safe], 0.0).astype(np.float32)
         user = np.where(real, user, 0)
         item = np.where(real, item, 0)
+        time = np.where(real, pairs.time[safe], 0).astype(np.int64)
     else:
         n = len(indices)
-        user = item = user_len = item_len = np.zeros(n, dtype=np.int64)
+        user = item = user_len = item_len = time = np.zeros(n, dtype=np.int64)
         user_self = item_self = np.full(n, -1)
         rating = np.zeros(n, dtype=np.float32)
     if user_T is None:
@@ -210,7 +216,7 @@ def materialize(entry: Union[BatchEntry, np.ndarray, Sequence[int]], pairs: Pair
                                      drop_self)
     i_ids, i_ratings, i_mask = _side(item_histories, item, item_len, item_self, item_T, max_len, with_ratings,
                                      drop_self)
-    return {
+    batch = {
         "user": user.astype(np.int32),
         "item": item.astype(np.int32),
         "rating": rating,
@@ -222,6 +228,9 @@ def materialize(entry: Union[BatchEntry, np.ndarray, Sequence[int]], pairs: Pair
         "item_history_rating": i_ratings,
         "item_history_mask": i_mask,
     }
+    if recency is not None:
+        batch["item_recency"] = np.where(real[:, None], recency(item, time), 0.0).astype(np.float32)
+    return batch
 
 
 def iterate_batches(pairs: PairSet, user_histories: Histories, item_histories: Histories,

@@ -93,8 +93,9 @@ class NegativeSampler:
 
 def materialize_negatives(negatives: np.ndarray, times: np.ndarray, item_histories: Histories, *,
                           history_mode: str = "full", max_len: Optional[int] = None,
-                          bucket_lengths: Sequence[int] = DEFAULT_BUCKETS) -> dict:
-    """The NEGATIVE_SPEC arrays of negatives [B, k] drawn for positives at ``times`` [B]."""
+                          bucket_lengths: Sequence[int] = DEFAULT_BUCKETS, recency=None) -> dict:
+    """The NEGATIVE_SPEC arrays of negatives [B, k] drawn for positives at ``times`` [B]; with
+    ``recency`` (an ``ItemRecency``) also ``neg_item_recency`` [B*k, K + 1] at the positives' times."""
     negatives = np.asarray(negatives, dtype=np.int64)
     b, k = negatives.shape
     items = negatives.reshape(-1)
@@ -106,5 +107,8 @@ def materialize_negatives(negatives: np.ndarray, times: np.ndarray, item_histori
     T = int(bucket_length(capped_lengths(lengths, max_len).max(initial=0)[None], bucket_lengths, max_len)[0])
     no_self = np.full(items.shape, -1, dtype=np.int64)
     ids, ratings, mask = _side(item_histories, items, lengths, no_self, T, max_len, True)
-    return {"neg_item": items.astype(np.int32), "neg_item_history": ids,
-            "neg_item_history_rating": ratings, "neg_item_history_mask": mask}
+    arrays = {"neg_item": items.astype(np.int32), "neg_item_history": ids,
+              "neg_item_history_rating": ratings, "neg_item_history_mask": mask}
+    if recency is not None:
+        arrays["neg_item_recency"] = recency(items, np.repeat(np.asarray(times, np.int64), k))
+    return arrays

@@ -46,6 +46,7 @@ import numpy as np
 
 from iarn_jax.data import batching
 from iarn_jax.data.histories import Histories
+from iarn_jax.data.recency import ItemRecency
 from iarn_jax.models.iarn import IARN, SideEncoding, model_variables
 
 
@@ -134,6 +135,8 @@ class RankingScorer:
         self.variables = jax.device_put(model_variables(params, constants))  # params + feature tables
         self.user_histories = user_histories
         self.item_histories = item_histories
+        self.recency = (ItemRecency.from_histories(item_histories, self.config.recency_windows)
+                        if self.config.recency_windows else None)
         self.items = np.asarray(items, dtype=np.int64)
         self.max_len = max_len
         self.bucket_lengths = tuple(bucket_lengths)
@@ -180,8 +183,8 @@ class RankingScorer:
         method = IARN.encode_user if side == "user" else IARN.encode_item
         model = self.model
 
-        def encode(variables, entity, ids, ratings, mask):
-            return model.apply(variables, entity, ids, ratings, mask, method=method)
+        def encode(variables, entity, ids, ratings, mask, *recency):  # recency: item side, recency_windows
+            return model.apply(variables, entity, ids, ratings, mask, *recency, method=method)
 
         return encode
 
@@ -191,10 +194,10 @@ class RankingScorer:
 
         def represent(module, encoding):
             tower = module.user_tower if side == "user" else module.item_tower
-            return tower.represent(encoding.final_state, encoding.entity), tower.bias(encoding.entity)
+            return tower.represent(encoding.final_state, encoding.entity), tower.bias(encoding.entity, encoding.recency)
 
-        def fn(variables, entity, ids, ratings, mask):
-            encoding = self._encode_fn(side)(variables, entity, ids, ratings, mask)
+        def fn(variables, entity, ids, ratings, mask, *recency):
+            encoding = self._encode_fn(side)(variables, entity, ids, ratings, mask, *recency)
             return model.apply(variables, encoding, method=represent)
 
         return fn
@@ -229,7 +232,10 @@ class RankingScorer:
             padded = np.zeros(batch, dtype=np.int64)
             padded[: rows.size] = rows
             ids, ratings, mask = padded_histories(self._histories(side), padded, T, self.max_len, rows.size)
-            yield rows.size, (padded.astype(np.int32), ids, ratings, mask)
+            inputs = (padded.astype(np.int32), ids, ratings, mask)
+            if side == "item" and self.recency is not None:  # the items as of the end of the training period
+                inputs = inputs + (self.recency.at_end(padded),)
+            yield rows.size, inputs
 
     def _representations(self, side: str, entities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(representations [n, h (+ S)], biases [n]) of non-interacting variants, in ``entities`` order."""

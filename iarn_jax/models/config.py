@@ -80,6 +80,11 @@ class ModelConfig:
       a per-user p_u and per-item q_i [S] whose inner product is added to the prediction,
       ``mu + b_u + b_i + <p_u, q_i> + <u~, v~>``; 0 (the paper) = none. Implemented as the
       concatenation ``[u~ ; p_u] . [v~ ; q_i]`` of the towers' representations.
+    recency_windows: not in the paper: a time-aware item bias b_i(t) = w . r_i(t) added to the
+      prediction, where r_i(t) [K + 1] = log1p of the item's event counts in the last w_k of the
+      training period before t (each w_k a fraction of the training period's span) and before t
+      overall (``iarn_jax.data.recency``); w starts at 0. Batches then carry ``item_recency``.
+      () (the paper) = none.
     """
 
     variant: str = "iarn"
@@ -107,8 +112,12 @@ class ModelConfig:
     gate_match: bool = False
     attention_cell: str = "softplus"
     stationary_dim: int = 0
+    recency_windows: tuple = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "recency_windows", tuple(float(f) for f in (self.recency_windows or ())))
+        if any(not 0.0 < f <= 1.0 for f in self.recency_windows):
+            raise ValueError(f"recency_windows must be fractions in (0, 1], got {self.recency_windows}")
         if self.feature_encoder is not None and ":" in self.feature_encoder:
             self._read_legacy_encoder_name()
         if self.feature_encoder is not None and self.feature_encoder not in FEATURE_KINDS:

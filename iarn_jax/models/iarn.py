@@ -80,6 +80,8 @@ class SideEncoding(NamedTuple):
     match_keys: [n, t, D] x_t^T B of this side's steps (``gate_match`` only).
     match_query_for_other: [n, D] this entity's embedding in the *other* tower's table, the query
       of the other side's match (``gate_match`` only).
+    recency: [n, K + 1] the item's recency features at the pair's time (item side with
+      ``recency_windows`` only; read by the time-aware item bias).
     """
 
     entity: jax.Array
@@ -92,6 +94,7 @@ class SideEncoding(NamedTuple):
     final_state: Optional[jax.Array] = None
     match_keys: Optional[jax.Array] = None
     match_query_for_other: Optional[jax.Array] = None
+    recency: Optional[jax.Array] = None
 
 
 def _broadcast_leading(x: jax.Array, n: int) -> jax.Array:
@@ -149,6 +152,9 @@ class Tower(nn.Module):
         if cfg.stationary_dim:
             self.stationary_factor = self.param(
                 "stationary_factor", nn.initializers.normal(0.01), (n_entities, cfg.stationary_dim))
+        if cfg.recency_windows and self.side == "item":
+            self.recency_weight = self.param(
+                "recency_weight", nn.initializers.zeros_init(), (len(cfg.recency_windows) + 1,))
         self.state_dropout = nn.Dropout(cfg.dropout)
 
     # -- step inputs -------------------------------------------------------------------------------
@@ -258,11 +264,21 @@ class Tower(nn.Module):
             representation = jnp.concatenate([representation, factor.astype(representation.dtype)], axis=-1)
         return representation
 
-    def bias(self, entity: jax.Array) -> jax.Array:
-        """Per-entity scalar bias [n] (zeros when the config has no biases)."""
+    def bias(self, entity: jax.Array, recency: Optional[jax.Array] = None) -> jax.Array:
+        """Per-entity scalar bias [n] (zeros when the config has no biases), plus the item tower's
+        time-aware part w . recency when the config has ``recency_windows`` (``recency`` [n, K + 1])."""
         if self.config.bias == "none":
-            return jnp.zeros(entity.shape, jnp.float32)
-        return jnp.take(self.entity_bias, entity, axis=0)
+            bias = jnp.zeros(entity.shape, jnp.float32)
+        else:
+            bias = jnp.take(self.entity_bias, entity, axis=0)
+        if self.config.recency_windows and self.side == "item":
+            if recency is None:
+                raise ValueError(
+                    f"recency_windows={self.config.recency_windows} adds a time-aware item bias that reads the "
+                    "batch's 'item_recency' features: build batches with "
+                    "materialize(..., recency=ItemRecency.from_histories(item_histories, recency_windows))")
+            bias = bias + jnp.sum(recency.astype(jnp.float32) * self.recency_weight, axis=-1)
+        return bias
 
 
 class IARN(nn.Module):
@@ -318,6 +334,7 @@ class IARN(nn.Module):
         item_history: jax.Array,  # [n, ti] user ids
         item_history_rating: jax.Array,  # [n, ti]
         item_history_mask: jax.Array,  # [n, ti] bool
+        item_recency: Optional[jax.Array] = None,  # [n, K + 1] (``recency_windows`` only)
         *,
         deterministic: bool = True,
     ) -> SideEncoding:
@@ -326,6 +343,8 @@ class IARN(nn.Module):
             item, item_history, item_history_rating, item_history_mask, target_item=item,
             feature_tables=self.feature_tables(), deterministic=deterministic,
         )
+        if self.config.recency_windows:
+            encoding = encoding._replace(recency=item_recency)
         return self.user_tower.terms_for_other(encoding) if self.config.interacting else encoding
 
     def pair(
@@ -338,7 +357,8 @@ class IARN(nn.Module):
         item_state, item_gates = self.item_tower.pair_state(item_encoding, user_encoding)
         user_repr = self.user_tower.represent(user_state, user_encoding.entity, deterministic=deterministic)
         item_repr = self.item_tower.represent(item_state, item_encoding.entity, deterministic=deterministic)
-        bias = self.user_tower.bias(user_encoding.entity) + self.item_tower.bias(item_encoding.entity)
+        bias = (self.user_tower.bias(user_encoding.entity)
+                + self.item_tower.bias(item_encoding.entity, item_encoding.recency))
         if self.config.bias == "global_user_item":
             bias = bias + self.config.global_mean
         prediction = jnp.sum(user_repr * item_repr, axis=-1) + bias
@@ -367,7 +387,7 @@ class IARN(nn.Module):
         user_encoding, item_encoding = self.encode_batch(batch, deterministic=deterministic)
         negative_encoding = self.encode_item(
             batch["neg_item"], batch["neg_item_history"], batch["neg_item_history_rating"],
-            batch["neg_item_history_mask"], deterministic=deterministic,
+            batch["neg_item_history_mask"], batch.get("neg_item_recency"), deterministic=deterministic,
         )
         b = batch["user"].shape[0]
         k = batch["neg_item"].shape[0] // b
@@ -389,7 +409,7 @@ class IARN(nn.Module):
         )
         item_encoding = self.encode_item(
             batch["item"], batch["item_history"], batch["item_history_rating"],
-            batch["item_history_mask"], deterministic=deterministic,
+            batch["item_history_mask"], batch.get("item_recency"), deterministic=deterministic,
         )
         return user_encoding, item_encoding
 

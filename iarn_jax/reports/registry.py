@@ -64,6 +64,7 @@ METHODS: dict[str, Method] = {
     # extra references (not in the paper's table)
     "bias": _baseline("BiasOnly", "bias", "BiasBaseline"),
     "mostpop": _baseline("MostPop", "bpr", "MostPop"),
+    "recentpop": _baseline("RecentPop", "bpr", "RecentPop"),
 }
 TABLE2_METHODS = ("mf", "bpr", "timesvdpp", "hievh", "item2vec", "ncf", "mp2vec", "rnn", "lstm", "tagm", "iarn",
                   # beyond the paper: a modern sequential ranking peer and IARN trained for ranking

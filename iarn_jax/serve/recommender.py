@@ -213,7 +213,7 @@ def gates(served: ServedModel, net, params, user_histories, row: int, items: np.
     max_len = served.train_config.max_len
     pairs = _request_pairs(row, items, user_histories, ih)
     batch = batching.materialize(np.arange(items.size), pairs, user_histories, ih, max_len=max_len,
-                                 bucket_lengths=served.train_config.bucket_lengths)
+                                 bucket_lengths=served.train_config.bucket_lengths, recency=served.data.recency)
     aux = jax.device_get(_gates_fn(served, net)(params, batch))
     out = {}
     for side, hist, entity, visible in (("user", user_histories, pairs.user, pairs.user_len),

@@ -12,12 +12,13 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import jax
 import numpy as np
 
 from iarn_jax.data import batching, histories
+from iarn_jax.data.recency import ItemRecency
 from iarn_jax.data.negatives import NegativeSampler, materialize_negatives, negative_rng
 from iarn_jax.data.types import ProtocolSplit
 from iarn_jax.training.config import TrainConfig
@@ -34,6 +35,17 @@ class PreparedData:
     val: Any
     test: Any
     history_mode: str
+    recency: Optional[ItemRecency] = None  # the item recency features the model reads, if any
+
+    def with_recency(self, fractions: Sequence[float]) -> "PreparedData":
+        """This data with the item recency features of window ``fractions`` (``ModelConfig.recency_windows``;
+        empty: none), counted over the training-period item histories."""
+        fractions = tuple(fractions or ())
+        if not fractions:
+            return self if self.recency is None else dataclasses.replace(self, recency=None)
+        if self.recency is not None and self.recency.fractions == fractions:
+            return self
+        return dataclasses.replace(self, recency=ItemRecency.from_histories(self.item_histories, fractions))
 
 
 def prepare_data(split: ProtocolSplit, history_mode: str = "full") -> PreparedData:
@@ -105,7 +117,8 @@ def with_negatives(batch: dict, negatives: np.ndarray, times: np.ndarray, data: 
                    cfg: TrainConfig) -> dict:
     """batch + the padded histories of its negatives [B, k] (drawn for positives at ``times`` [B])."""
     return {**batch, **materialize_negatives(negatives, times, data.item_histories, history_mode=cfg.history_mode,
-                                             max_len=cfg.max_len, bucket_lengths=cfg.bucket_lengths)}
+                                             max_len=cfg.max_len, bucket_lengths=cfg.bucket_lengths,
+                                             recency=data.recency)}
 
 
 def train_batches(data: PreparedData, cfg: TrainConfig, epoch: int, start: int = 0,
@@ -119,7 +132,8 @@ def train_batches(data: PreparedData, cfg: TrainConfig, epoch: int, start: int =
                                     bucket_lengths=cfg.bucket_lengths, max_len=cfg.max_len)
     for k in range(start, len(plan)):
         batch = batching.materialize(plan[k], data.train, data.user_histories, data.item_histories,
-                                     max_len=cfg.max_len, drop_self=cfg.history_mode == "full_without_self")
+                                     max_len=cfg.max_len, drop_self=cfg.history_mode == "full_without_self",
+                                     recency=data.recency)
         if cfg.uses_negatives:
             safe = np.maximum(plan.indices[k], 0)
             negatives = sampler.sample(batch["user"], cfg.n_negatives, negative_rng(cfg.seed, epoch, k))
@@ -135,4 +149,4 @@ def eval_batches(pairs: Any, data: PreparedData, config: TrainConfig, batch_size
     for entry in plan:
         yield np.asarray(entry.indices), batching.materialize(
             entry, pairs, data.user_histories, data.item_histories, max_len=config.max_len,
-            drop_self=config.history_mode == "full_without_self")
+            drop_self=config.history_mode == "full_without_self", recency=data.recency)

@@ -325,7 +325,7 @@ def init_params(model: IARN, split: ProtocolSplit, data: PreparedData, cfg: Trai
     first = batching.materialize(
         batching.make_batch_plan(data.train, cfg.batch_size, seed=cfg.seed, epoch=0,
                                  bucket_lengths=cfg.bucket_lengths, max_len=cfg.max_len)[0],
-        data.train, data.user_histories, data.item_histories, max_len=cfg.max_len,
+        data.train, data.user_histories, data.item_histories, max_len=cfg.max_len, recency=data.recency,
     )
     params = jax.jit(lambda r, b, c: initialize(model, r, b, c, deterministic=True))(rng, first, constants or {})
     if model_config.bias != "none" and cfg.bias_init == "baseline":
@@ -366,7 +366,8 @@ def train(
     start_wall = time.time()
     cfg = train_config
     model_config = complete_model_config(model_config, split)
-    data = data if data is not None else prepare_data(split, cfg.history_mode)
+    data = (data if data is not None else prepare_data(split, cfg.history_mode)).with_recency(
+        model_config.recency_windows)
     if len(data.train.user) == 0 or len(data.val.user) == 0:
         raise ValueError(f"protocol {split.name!r}: empty training or validation split")
     workdir = pathlib.Path(workdir) if workdir is not None else None
