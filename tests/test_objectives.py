@@ -12,7 +12,6 @@ from iarn_jax.data import batching, histories
 from iarn_jax.data.negatives import NegativeSampler, materialize_negatives, negative_rng
 from iarn_jax.models.config import ModelConfig
 from iarn_jax.models.iarn import IARN
-from iarn_jax.training.config import TrainConfig
 from iarn_jax.training import objectives
 from iarn_jax.training.objectives import objective_loss, sampled_auc
 
@@ -271,8 +270,6 @@ def test_hievh_start_predicts_exactly_hievh(tiny_split):
     expected = baseline.predict(batch["user"].astype(np.int64), batch["item"].astype(np.int64))
     assert info["factor_init"] == "hievh" and np.isfinite(info["factor_init_val_rmse"])
     np.testing.assert_allclose(np.asarray(pred), expected, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="hievh"):
-        TrainConfig(objective="ranking", factor_init="hievh", history_mode="full_without_self")
 
 
 def test_gate_saturation_statistic_on_a_hand_made_case():

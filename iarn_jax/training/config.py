@@ -50,7 +50,8 @@ class TrainConfig:
       the run evaluates that start, so early stopping never ends worse on validation; ranking:
       random, which trained to a higher validation AUC than a BPR start on ml100k), "bpr" (ranking:
       start at the tuned BPR the same way), "hievh" (rating / joint: start at the tuned HieVH,
-      trained on the training pairs only, its category factors folded into q_i), "als" (factors
+      trained on the training pairs only, its category factors folded into q_i; ranking: as
+      "baseline", a random start), "als" (factors
       from an ALS factorisation of the residuals after the BaselineOnly biases) or "random".
     """
 
@@ -111,8 +112,6 @@ class TrainConfig:
         if self.factor_init not in ("baseline", "bpr", "hievh", "als", "random"):
             raise ValueError(f"factor_init must be 'baseline', 'bpr', 'hievh', 'als' or 'random', "
                              f"got {self.factor_init!r}")
-        if self.factor_init == "hievh" and self.objective == "ranking":
-            raise ValueError("factor_init='hievh' starts at a rating model: use it with objective 'rating' or 'joint'")
         if self.factor_l2 < 0 or self.joint_weight < 0:
             raise ValueError("factor_l2 and joint_weight must be >= 0")
         if self.batch_size <= 0 or self.eval_batch_size <= 0:

@@ -334,7 +334,7 @@ def init_params(model: IARN, split: ProtocolSplit, data: PreparedData, cfg: Trai
                          or (cfg.factor_init == "bpr" and cfg.objective == "ranking"))
     if model_config.stationary_dim and start_at_baseline:
         return init_from_factor_baseline(params, split, model_config, cfg.objective, seed=cfg.seed)
-    if model_config.stationary_dim and cfg.factor_init == "hievh":
+    if model_config.stationary_dim and cfg.factor_init == "hievh" and cfg.objective != "ranking":
         return init_from_factor_baseline(params, split, model_config, cfg.objective, seed=cfg.seed,
                                          baseline_name="hievh")
     if model_config.stationary_dim and cfg.factor_init == "als":
