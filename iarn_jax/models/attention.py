@@ -37,7 +37,12 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from iarn_jax.models.initializers import bias_init, kernel_init, matmul, resolve_dtype
-from iarn_jax.models.recurrence import bidirectional_rnn_scan, softplus_beta
+from iarn_jax.models.recurrence import (
+    bidirectional_rnn_scan,
+    softplus_beta,
+    softplus_beta_derivative_from_output,
+    tanh_derivative_from_output,
+)
 
 
 def last_valid(values: jax.Array, mask: jax.Array) -> jax.Array:
@@ -110,10 +115,12 @@ class AttentionBiRNN(nn.Module):
     ) -> tuple[jax.Array, jax.Array]:
         """x [b, t, d], mask [b, t] -> (context [b, t, 2A], summary [b, 2A])."""
         dtype = resolve_dtype(self.compute_dtype)
+        beta = self.softplus_beta
         if self.cell == "tanh":
-            activation = jnp.tanh
+            activation, derivative = jnp.tanh, tanh_derivative_from_output
         elif self.cell == "softplus":
-            activation = lambda z: softplus_beta(z, self.softplus_beta)  # noqa: E731
+            activation = lambda z: softplus_beta(z, beta)  # noqa: E731
+            derivative = lambda y: softplus_beta_derivative_from_output(y, beta)  # noqa: E731
         else:
             raise ValueError(f"unknown attention cell {self.cell!r}")
         a = self.attention_size
@@ -126,7 +133,7 @@ class AttentionBiRNN(nn.Module):
         proj_bwd_rev = matmul(x_tm[::-1], wb, dtype) + (bb + rbb)  # [t, b, A], reversed time
         fwd, bwd_rev = bidirectional_rnn_scan(
             proj_fwd, proj_bwd_rev, mask_tm, mask_tm[::-1], uf, ub,
-            activation=activation, compute_dtype=dtype, unroll=self.unroll,
+            activation=activation, compute_dtype=dtype, unroll=self.unroll, output_derivative=derivative,
         )
         # [b, t, 2A], zeros on padding; un-reversing fuses into the transpose back to batch-major.
         context = jnp.swapaxes(jnp.concatenate([fwd, bwd_rev[::-1]], axis=-1), 0, 1)
