@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from iarn_jax.models.initializers import bias_init, kernel_init, matmul, resolve_dtype
+from iarn_jax.models.initializers import bias_init, kernel_init, matmul, resolve_dtype, rows_matmul
 from iarn_jax.models.recurrence import (
     bidirectional_rnn_scan,
     softplus_beta,
@@ -129,8 +129,8 @@ class AttentionBiRNN(nn.Module):
         # reversed before projecting (x is d wide, cheaper to flip than the A-wide projection).
         x_tm = jnp.swapaxes(x, 0, 1)  # [t, b, d]
         mask_tm = jnp.swapaxes(mask, 0, 1)  # [t, b]
-        proj_fwd = matmul(x_tm, wf, dtype) + (bf + rbf)  # [t, b, A]
-        proj_bwd_rev = matmul(x_tm[::-1], wb, dtype) + (bb + rbb)  # [t, b, A], reversed time
+        proj_fwd = rows_matmul(x_tm, wf, dtype) + (bf + rbf)  # [t, b, A]
+        proj_bwd_rev = rows_matmul(x_tm[::-1], wb, dtype) + (bb + rbb)  # [t, b, A], reversed time
         fwd, bwd_rev = bidirectional_rnn_scan(
             proj_fwd, proj_bwd_rev, mask_tm, mask_tm[::-1], uf, ub,
             activation=activation, compute_dtype=dtype, unroll=self.unroll, output_derivative=derivative,
@@ -189,11 +189,11 @@ class AttentionGate(nn.Module):
         M1 s_t (+ M0 x_t) + b [..., t, K] for all steps at once."""
         dtype = resolve_dtype(self.compute_dtype)
         m1 = self.fusion_kernel[: self.context_dim]
-        projected = matmul(context, m1, dtype) + self.fusion_bias
+        projected = rows_matmul(context, m1, dtype) + self.fusion_bias
         if self.step_dim:
             if step_inputs is None:
                 raise ValueError("this gate was built to read the step inputs; pass them")
-            projected = projected + matmul(step_inputs, self.step_kernel, dtype)
+            projected = projected + rows_matmul(step_inputs, self.step_kernel, dtype)
         return projected
 
     def project_summary(self, other_summary: jax.Array, target_embedding: Optional[jax.Array] = None) -> jax.Array:
@@ -212,7 +212,7 @@ class AttentionGate(nn.Module):
 
     def match_keys(self, step_embeddings: jax.Array) -> jax.Array:
         """Step embeddings [..., t, D] -> x_t^T B [..., t, D] (gate_match; once per history)."""
-        return matmul(step_embeddings, self.match_kernel, resolve_dtype(self.compute_dtype))
+        return rows_matmul(step_embeddings, self.match_kernel, resolve_dtype(self.compute_dtype))
 
     def __call__(
         self, context_proj: jax.Array, mask: jax.Array, summary_proj: Optional[jax.Array] = None,

@@ -1,7 +1,7 @@
-"""Hand-written backward passes (custom VJPs) of the scans against autodiff of the plain scans.
+"""Hand-written backward passes (custom VJPs) against autodiff of the plain implementations.
 
 Each custom-VJP scan in ``iarn_jax.models.recurrence`` keeps its plain implementation as the
-reference (``custom_vjp=False``). Checked here, on random inputs with padding (empty, partial and
+reference (``custom_vjp=False``); ``initializers.rows_matmul``'s reference is ``matmul``. Checked here, on random inputs with padding (empty, partial and
 full sequences, left-aligned):
   * the forward outputs are bitwise equal to the reference's;
   * every gradient equals ``jax.grad`` of the reference to ~1e-5 relative (float32);
@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from iarn_jax.models.initializers import matmul, rows_matmul
 from iarn_jax.models.recurrence import (
     bidirectional_rnn_scan,
     gated_scan,
@@ -178,3 +179,44 @@ def test_derivatives_from_output_match_autodiff():
     np.testing.assert_allclose(
         np.asarray(tanh_derivative_from_output(jnp.tanh(z))),
         np.asarray(jax.vmap(jax.grad(jnp.tanh))(z)), rtol=2e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(B, T, 4), (T, B, 4), (2, B, T, 4), (7, 4)])
+def test_rows_matmul_matches_matmul(shape):
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(4, 9)), jnp.float32)
+    weights = jnp.asarray(rng.normal(size=shape[:-1] + (9,)), jnp.float32)
+    np.testing.assert_array_equal(np.asarray(rows_matmul(x, kernel)), np.asarray(matmul(x, kernel)))
+
+    def loss(fn):
+        return lambda x, k: jnp.sum(jnp.sin(weights * fn(x, k)))
+
+    fast = jax.jit(jax.grad(loss(rows_matmul), argnums=(0, 1)))(x, kernel)
+    ref = jax.jit(jax.grad(loss(matmul), argnums=(0, 1)))(x, kernel)
+    for got, want in zip(fast, ref):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        _assert_close_rel(got, want, 1e-5)
+
+
+def test_rows_matmul_bfloat16_compute_close_to_float32():
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(B, T, 4)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(4, 9)), jnp.float32)
+    low = jax.grad(lambda x, k: jnp.sum(jnp.sin(rows_matmul(x, k, jnp.bfloat16))), argnums=(0, 1))(x, kernel)
+    ref = jax.grad(lambda x, k: jnp.sum(jnp.sin(matmul(x, k))), argnums=(0, 1))(x, kernel)
+    for got, want in zip(low, ref):
+        assert got.dtype == jnp.float32
+        _assert_close_rel(got, want, 3e-2)
+
+
+def test_rows_matmul_finite_differences_float64():
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(6)
+        x = jnp.asarray(rng.normal(size=(B, T, 4)))
+        kernel = jnp.asarray(rng.normal(size=(4, 9)))
+        weights = jnp.asarray(rng.normal(size=(B, T, 9)))
+        assert x.dtype == jnp.float64
+        _finite_difference_check(lambda x, k, w: jnp.sum(jnp.sin(w * rows_matmul(x, k))),
+                                 (x, kernel, weights), (0, 1), seed=7)
+    assert jnp.ones(1).dtype == jnp.float32
