@@ -19,6 +19,7 @@ from iarn_jax.models.initializers import matmul, rows_matmul
 from iarn_jax.models.recurrence import (
     bidirectional_rnn_scan,
     gated_scan,
+    masked_rnn_scan,
     softplus_beta,
     softplus_beta_derivative_from_output,
     tanh_derivative_from_output,
@@ -219,4 +220,54 @@ def test_rows_matmul_finite_differences_float64():
         assert x.dtype == jnp.float64
         _finite_difference_check(lambda x, k, w: jnp.sum(jnp.sin(w * rows_matmul(x, k))),
                                  (x, kernel, weights), (0, 1), seed=7)
+    assert jnp.ones(1).dtype == jnp.float32
+
+
+def _rnn_inputs(dtype, seed=0, holes=False):
+    rng = np.random.default_rng(seed)
+    mask = _mask()
+    if holes:  # masked_rnn_scan holds the state on any padded step, not only trailing ones
+        mask = mask & (rng.uniform(size=mask.shape) < 0.7)
+    proj = rng.normal(size=(B, T, A))
+    kernel = rng.normal(size=(A, A)) * 0.5
+    weights = rng.normal(size=(2, B, T, A))
+    cast = lambda v: jnp.asarray(v, dtype)  # noqa: E731
+    return (cast(proj), jnp.asarray(mask), cast(kernel)), cast(weights)
+
+
+def _rnn_loss(cell, custom, reverse):
+    activation, derivative = CELLS[cell]
+
+    def loss(proj, mask, kernel, weights):
+        outputs, final = masked_rnn_scan(proj, mask, kernel, activation=activation, reverse=reverse,
+                                         output_derivative=derivative, custom_vjp=custom)
+        return jnp.sum(jnp.sin(weights[0] * outputs)) + jnp.sum(weights[1, :, 0] * final**2)
+
+    return loss
+
+
+@pytest.mark.parametrize("holes", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_masked_rnn_custom_vjp_matches_autodiff(cell, reverse, holes):
+    args, weights = _rnn_inputs(jnp.float32, holes=holes)
+    activation, derivative = CELLS[cell]
+    outs = [masked_rnn_scan(*args, activation=activation, reverse=reverse, output_derivative=derivative,
+                            custom_vjp=c) for c in (True, False)]
+    for got, want in zip(*outs):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))  # same outputs and final state
+    argnums = (0, 2)
+    fast = jax.jit(jax.grad(_rnn_loss(cell, True, reverse), argnums=argnums))(*args, weights)
+    ref = jax.jit(jax.grad(_rnn_loss(cell, False, reverse), argnums=argnums))(*args, weights)
+    for got, want in zip(fast, ref):
+        _assert_close_rel(got, want, 1e-5)
+    assert np.all(np.asarray(fast[0])[~np.asarray(args[1])] == 0.0)  # padded steps: no input gradient
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_masked_rnn_custom_vjp_finite_differences_float64(reverse):
+    with jax.enable_x64(True):
+        args, weights = _rnn_inputs(jnp.float64, seed=1, holes=True)
+        assert args[0].dtype == jnp.float64
+        _finite_difference_check(_rnn_loss("softplus", True, reverse), (*args, weights), (0, 2), seed=2)
     assert jnp.ones(1).dtype == jnp.float32

@@ -85,15 +85,31 @@ def masked_rnn_scan(
     activation: Callable[[jax.Array], jax.Array],
     reverse: bool = False,
     compute_dtype=jnp.float32,
+    output_derivative: Optional[Callable[[jax.Array], jax.Array]] = None,
+    custom_vjp: Optional[bool] = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Vanilla RNN ``g_t = act(input_proj_t + g_{t-1} U)``, state frozen on padded steps.
 
     ``reverse=True`` runs from the last padded step to the first; with left-aligned padding the state
     stays 0 on the trailing padding, so the backward pass starts at each sequence's last valid step.
 
+    ``output_derivative(y)`` = act'(z) written with y = act(z); when given (and ``custom_vjp`` /
+    :data:`CUSTOM_VJP` is on) the gradient is the hand-written backward of :func:`_rnn_bwd`. The
+    forward values are the same either way.
+
     Returns (outputs [b, t, h] with zeros on padded steps, final carry [b, h]). The final carry of
     the forward pass is the state at the last valid step; of the backward pass, the state at step 1.
+    Any mask works (padding need not be trailing).
     """
+    if output_derivative is not None and _use_custom_vjp(custom_vjp):
+        proj_tm, mask_tm = _time_major(input_proj), _time_major(mask)
+        if reverse:  # the same steps in iteration order
+            proj_tm, mask_tm = proj_tm[::-1], mask_tm[::-1]
+        outputs, final = _rnn_custom(proj_tm, mask_tm, recurrent_kernel, activation, output_derivative,
+                                     compute_dtype)
+        if reverse:
+            outputs = outputs[::-1]
+        return _time_major(outputs), final
     batch, _, hidden = input_proj.shape
     kernel = cast_for_matmul(recurrent_kernel, compute_dtype)
     carry0 = jnp.zeros((batch, hidden), input_proj.dtype)
@@ -108,6 +124,57 @@ def masked_rnn_scan(
         step, carry0, (_time_major(input_proj), _time_major(mask)), reverse=reverse
     )
     return _time_major(outputs), final
+
+
+def _rnn_states(proj_tm, mask_tm, recurrent_kernel, activation, compute_dtype):
+    """Time-major states s_1..s_T (held on padding) of :func:`masked_rnn_scan`, in iteration order."""
+    kernel = cast_for_matmul(recurrent_kernel, compute_dtype)
+    carry0 = jnp.zeros(proj_tm.shape[1:], proj_tm.dtype)
+
+    def step(state, inputs):
+        proj_t, mask_t = inputs
+        new = activation(proj_t + matmul(state, kernel, compute_dtype))
+        state = jnp.where(mask_t[:, None], new, state)
+        return state, state
+
+    final, states = jax.lax.scan(step, carry0, (proj_tm, mask_tm))
+    return final, states
+
+
+def _rnn_primal(proj_tm, mask_tm, recurrent_kernel, activation, output_derivative, compute_dtype):
+    final, states = _rnn_states(proj_tm, mask_tm, recurrent_kernel, activation, compute_dtype)
+    return jnp.where(mask_tm[..., None], states, 0.0), final
+
+
+def _rnn_fwd(proj_tm, mask_tm, recurrent_kernel, activation, output_derivative, compute_dtype):
+    final, states = _rnn_states(proj_tm, mask_tm, recurrent_kernel, activation, compute_dtype)
+    outputs = jnp.where(mask_tm[..., None], states, 0.0)
+    return (outputs, final), (states, mask_tm, recurrent_kernel)
+
+
+def _rnn_bwd(activation, output_derivative, compute_dtype, residuals, cotangents):
+    """Backward of s_t = m_t ? act(p_t + s_{t-1} U) : s_{t-1}, out_t = m_t s_t, final = s_T:
+
+        G_t = g_t + m_t dout_t  (g_T = dfinal),  dpre_t = m_t act'(s_t) G_t,
+        g_{t-1} = (1 - m_t) G_t + dpre_t U^T,  dp_t = dpre_t,  dU = sum_t s_{t-1}^T dpre_t.
+    """
+    del activation
+    states, mask_tm, recurrent_kernel = residuals
+    d_outputs, d_final = cotangents
+    keep = mask_tm[..., None]
+    d_act = jnp.where(keep, output_derivative(states), 0.0)
+    d_outputs = jnp.where(keep, d_outputs, 0.0)
+    kernel_t = cast_for_matmul(recurrent_kernel, compute_dtype).T
+
+    def step(g, inputs):
+        dout_t, dact_t, keep_t = inputs
+        total = g + dout_t
+        dpre = total * dact_t
+        return jnp.where(keep_t, matmul(dpre, kernel_t, compute_dtype), total), dpre
+
+    _, dpre = jax.lax.scan(step, d_final, (d_outputs, d_act, keep), reverse=True)
+    d_kernel = _time_contract(_shift_in_time(states), dpre, compute_dtype).astype(recurrent_kernel.dtype)
+    return dpre, None, d_kernel
 
 
 def bidirectional_rnn_scan(
@@ -242,6 +309,9 @@ def _birnn_bwd(activation, output_derivative, compute_dtype, unroll, residuals, 
 
 _birnn_custom = jax.custom_vjp(_birnn_primal, nondiff_argnums=(6, 7, 8, 9))
 _birnn_custom.defvjp(_birnn_fwd, _birnn_bwd)
+
+_rnn_custom = jax.custom_vjp(_rnn_primal, nondiff_argnums=(3, 4, 5))
+_rnn_custom.defvjp(_rnn_fwd, _rnn_bwd)
 
 
 def gated_scan(
@@ -425,9 +495,12 @@ class RecurrentLayer(nn.Module):
                 raise ValueError("the gated cell needs attention gates")
             return gated_scan(input_proj, gates, self.recurrent_kernel, compute_dtype=dtype)
         if self.cell == "rnn":
-            activation = lambda z: softplus_beta(z, self.softplus_beta)  # noqa: E731
+            beta = self.softplus_beta
+            activation = lambda z: softplus_beta(z, beta)  # noqa: E731
+            derivative = lambda y: softplus_beta_derivative_from_output(y, beta)  # noqa: E731
             _, final = masked_rnn_scan(
-                input_proj, mask, self.recurrent_kernel, activation=activation, compute_dtype=dtype
+                input_proj, mask, self.recurrent_kernel, activation=activation, compute_dtype=dtype,
+                output_derivative=derivative,
             )
             return final
         return masked_lstm_scan(input_proj, mask, self.recurrent_kernel, compute_dtype=dtype)
