@@ -120,7 +120,7 @@ def test_gated_custom_vjp_matches_autodiff():
     assert np.abs(np.asarray(fast[1])[mask]).max() > 1e-3  # gate gradients on valid steps
 
 
-def test_gated_custom_vjp_under_vmap_and_broadcast_proj():
+def test_gated_custom_vjp_with_broadcast_projection():
     """The pair path broadcasts one input projection against several gate rows; grads still agree."""
     args, weights = _gated_inputs(jnp.float32, seed=3)
     proj, gates, kernel = args
