@@ -36,8 +36,13 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from iarn_jax.models.initializers import bias_init, kernel_init, matmul, resolve_dtype
-from iarn_jax.models.recurrence import bidirectional_rnn_scan, softplus_beta
+from iarn_jax.models.initializers import bias_init, kernel_init, matmul, resolve_dtype, rows_matmul
+from iarn_jax.models.recurrence import (
+    bidirectional_rnn_scan,
+    softplus_beta,
+    softplus_beta_derivative_from_output,
+    tanh_derivative_from_output,
+)
 
 
 def last_valid(values: jax.Array, mask: jax.Array) -> jax.Array:
@@ -110,10 +115,12 @@ class AttentionBiRNN(nn.Module):
     ) -> tuple[jax.Array, jax.Array]:
         """x [b, t, d], mask [b, t] -> (context [b, t, 2A], summary [b, 2A])."""
         dtype = resolve_dtype(self.compute_dtype)
+        beta = self.softplus_beta
         if self.cell == "tanh":
-            activation = jnp.tanh
+            activation, derivative = jnp.tanh, tanh_derivative_from_output
         elif self.cell == "softplus":
-            activation = lambda z: softplus_beta(z, self.softplus_beta)  # noqa: E731
+            activation = lambda z: softplus_beta(z, beta)  # noqa: E731
+            derivative = lambda y: softplus_beta_derivative_from_output(y, beta)  # noqa: E731
         else:
             raise ValueError(f"unknown attention cell {self.cell!r}")
         a = self.attention_size
@@ -122,11 +129,11 @@ class AttentionBiRNN(nn.Module):
         # reversed before projecting (x is d wide, cheaper to flip than the A-wide projection).
         x_tm = jnp.swapaxes(x, 0, 1)  # [t, b, d]
         mask_tm = jnp.swapaxes(mask, 0, 1)  # [t, b]
-        proj_fwd = matmul(x_tm, wf, dtype) + (bf + rbf)  # [t, b, A]
-        proj_bwd_rev = matmul(x_tm[::-1], wb, dtype) + (bb + rbb)  # [t, b, A], reversed time
+        proj_fwd = rows_matmul(x_tm, wf, dtype) + (bf + rbf)  # [t, b, A]
+        proj_bwd_rev = rows_matmul(x_tm[::-1], wb, dtype) + (bb + rbb)  # [t, b, A], reversed time
         fwd, bwd_rev = bidirectional_rnn_scan(
             proj_fwd, proj_bwd_rev, mask_tm, mask_tm[::-1], uf, ub,
-            activation=activation, compute_dtype=dtype, unroll=self.unroll,
+            activation=activation, compute_dtype=dtype, unroll=self.unroll, output_derivative=derivative,
         )
         # [b, t, 2A], zeros on padding; un-reversing fuses into the transpose back to batch-major.
         context = jnp.swapaxes(jnp.concatenate([fwd, bwd_rev[::-1]], axis=-1), 0, 1)
@@ -182,11 +189,11 @@ class AttentionGate(nn.Module):
         M1 s_t (+ M0 x_t) + b [..., t, K] for all steps at once."""
         dtype = resolve_dtype(self.compute_dtype)
         m1 = self.fusion_kernel[: self.context_dim]
-        projected = matmul(context, m1, dtype) + self.fusion_bias
+        projected = rows_matmul(context, m1, dtype) + self.fusion_bias
         if self.step_dim:
             if step_inputs is None:
                 raise ValueError("this gate was built to read the step inputs; pass them")
-            projected = projected + matmul(step_inputs, self.step_kernel, dtype)
+            projected = projected + rows_matmul(step_inputs, self.step_kernel, dtype)
         return projected
 
     def project_summary(self, other_summary: jax.Array, target_embedding: Optional[jax.Array] = None) -> jax.Array:
@@ -205,7 +212,7 @@ class AttentionGate(nn.Module):
 
     def match_keys(self, step_embeddings: jax.Array) -> jax.Array:
         """Step embeddings [..., t, D] -> x_t^T B [..., t, D] (gate_match; once per history)."""
-        return matmul(step_embeddings, self.match_kernel, resolve_dtype(self.compute_dtype))
+        return rows_matmul(step_embeddings, self.match_kernel, resolve_dtype(self.compute_dtype))
 
     def __call__(
         self, context_proj: jax.Array, mask: jax.Array, summary_proj: Optional[jax.Array] = None,

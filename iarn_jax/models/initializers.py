@@ -71,3 +71,41 @@ def matmul(x: jax.Array, kernel: jax.Array, compute_dtype=jnp.float32) -> jax.Ar
     return jnp.matmul(
         x.astype(compute_dtype), kernel.astype(compute_dtype), preferred_element_type=jnp.float32
     )
+
+
+def rows_matmul(x: jax.Array, kernel: jax.Array, compute_dtype=jnp.float32) -> jax.Array:
+    """``matmul(x, kernel, compute_dtype)`` for x [..., k] with many rows (a projection of every
+    step), same forward; its custom VJP writes the kernel gradient as ONE 2-D matmul
+    ``x_flat^T @ dy_flat`` (or ``(dy_flat^T @ x_flat)^T``), transposing the narrower of x [rows, k]
+    and dy [rows, n] explicitly.
+
+    Autodiff's kernel gradient contracts over all leading dims, for which XLA CPU lays out an
+    operand transposed first, often the wider one; this form is ~2x faster on the gate's context
+    projection and on the hoisted input projections (issue 12). Gradients equal autodiff's to
+    float rounding.
+    """
+    return _rows_matmul(x, kernel, compute_dtype)
+
+
+def _rows_matmul_primal(x, kernel, compute_dtype):
+    return matmul(x, kernel, compute_dtype)
+
+
+def _rows_matmul_fwd(x, kernel, compute_dtype):
+    return matmul(x, kernel, compute_dtype), (x, kernel)
+
+
+def _rows_matmul_bwd(compute_dtype, residuals, dy):
+    x, kernel = residuals
+    dx = matmul(dy, kernel.T, compute_dtype).astype(x.dtype)
+    x2 = x.reshape(-1, x.shape[-1])  # [rows, k]
+    dy2 = dy.reshape(-1, dy.shape[-1])  # [rows, n]
+    if dy2.shape[1] < x2.shape[1]:  # transpose the narrower operand (for n = 1 a free reshape)
+        dkernel = matmul(jnp.transpose(dy2), x2, compute_dtype).T
+    else:
+        dkernel = matmul(jnp.transpose(x2), dy2, compute_dtype)
+    return dx, dkernel.astype(kernel.dtype)
+
+
+_rows_matmul = jax.custom_vjp(_rows_matmul_primal, nondiff_argnums=(2,))
+_rows_matmul.defvjp(_rows_matmul_fwd, _rows_matmul_bwd)

@@ -30,12 +30,23 @@ from iarn_jax.models.initializers import (
     kernel_init,
     matmul,
     resolve_dtype,
+    rows_matmul,
 )
 
 CELLS = ("gated", "rnn", "lstm")
 
 # lax.scan unroll factor used when a scan's ``unroll`` is None (speed only, never the numbers).
 SCAN_UNROLL = 1
+
+# Whether the context bi-RNN scan uses its hand-written backward pass (custom VJP, below) when its
+# ``custom_vjp`` is None. Speed only: the forward is the same scan; gradients agree with autodiff
+# of the plain scan to float rounding (tests/test_custom_vjp.py). False gives the plain autodiff
+# reference.
+CUSTOM_VJP = True
+
+
+def _use_custom_vjp(custom_vjp: Optional[bool]) -> bool:
+    return CUSTOM_VJP if custom_vjp is None else bool(custom_vjp)
 
 
 def _unroll(unroll: Optional[int]) -> int:
@@ -51,6 +62,17 @@ def softplus_beta(z: jax.Array, beta: float) -> jax.Array:
     return jax.nn.softplus(beta * z) / beta
 
 
+def softplus_beta_derivative_from_output(y: jax.Array, beta: float) -> jax.Array:
+    """d softplus_beta(z) / dz = sigmoid(beta z), written with the output y = softplus_beta(z):
+    sigmoid(beta z) = 1 - exp(-beta y) (exact; ``-expm1`` keeps it accurate for small y)."""
+    return -jnp.expm1(-beta * y)
+
+
+def tanh_derivative_from_output(y: jax.Array) -> jax.Array:
+    """d tanh(z) / dz = 1 - y^2 with y = tanh(z)."""
+    return (1.0 + y) * (1.0 - y)
+
+
 def _time_major(x: jax.Array) -> jax.Array:
     return jnp.swapaxes(x, 0, 1)
 
@@ -63,15 +85,31 @@ def masked_rnn_scan(
     activation: Callable[[jax.Array], jax.Array],
     reverse: bool = False,
     compute_dtype=jnp.float32,
+    output_derivative: Optional[Callable[[jax.Array], jax.Array]] = None,
+    custom_vjp: Optional[bool] = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Vanilla RNN ``g_t = act(input_proj_t + g_{t-1} U)``, state frozen on padded steps.
 
     ``reverse=True`` runs from the last padded step to the first; with left-aligned padding the state
     stays 0 on the trailing padding, so the backward pass starts at each sequence's last valid step.
 
+    ``output_derivative(y)`` = act'(z) written with y = act(z); when given (and ``custom_vjp`` /
+    :data:`CUSTOM_VJP` is on) the gradient is the hand-written backward of :func:`_rnn_bwd`. The
+    forward values are the same either way.
+
     Returns (outputs [b, t, h] with zeros on padded steps, final carry [b, h]). The final carry of
     the forward pass is the state at the last valid step; of the backward pass, the state at step 1.
+    Any mask works (padding need not be trailing).
     """
+    if output_derivative is not None and _use_custom_vjp(custom_vjp):
+        proj_tm, mask_tm = _time_major(input_proj), _time_major(mask)
+        if reverse:  # the same steps in iteration order
+            proj_tm, mask_tm = proj_tm[::-1], mask_tm[::-1]
+        outputs, final = _rnn_custom(proj_tm, mask_tm, recurrent_kernel, activation, output_derivative,
+                                     compute_dtype)
+        if reverse:
+            outputs = outputs[::-1]
+        return _time_major(outputs), final
     batch, _, hidden = input_proj.shape
     kernel = cast_for_matmul(recurrent_kernel, compute_dtype)
     carry0 = jnp.zeros((batch, hidden), input_proj.dtype)
@@ -88,6 +126,57 @@ def masked_rnn_scan(
     return _time_major(outputs), final
 
 
+def _rnn_states(proj_tm, mask_tm, recurrent_kernel, activation, compute_dtype):
+    """Time-major states s_1..s_T (held on padding) of :func:`masked_rnn_scan`, in iteration order."""
+    kernel = cast_for_matmul(recurrent_kernel, compute_dtype)
+    carry0 = jnp.zeros(proj_tm.shape[1:], proj_tm.dtype)
+
+    def step(state, inputs):
+        proj_t, mask_t = inputs
+        new = activation(proj_t + matmul(state, kernel, compute_dtype))
+        state = jnp.where(mask_t[:, None], new, state)
+        return state, state
+
+    final, states = jax.lax.scan(step, carry0, (proj_tm, mask_tm))
+    return final, states
+
+
+def _rnn_primal(proj_tm, mask_tm, recurrent_kernel, activation, output_derivative, compute_dtype):
+    final, states = _rnn_states(proj_tm, mask_tm, recurrent_kernel, activation, compute_dtype)
+    return jnp.where(mask_tm[..., None], states, 0.0), final
+
+
+def _rnn_fwd(proj_tm, mask_tm, recurrent_kernel, activation, output_derivative, compute_dtype):
+    final, states = _rnn_states(proj_tm, mask_tm, recurrent_kernel, activation, compute_dtype)
+    outputs = jnp.where(mask_tm[..., None], states, 0.0)
+    return (outputs, final), (states, mask_tm, recurrent_kernel)
+
+
+def _rnn_bwd(activation, output_derivative, compute_dtype, residuals, cotangents):
+    """Backward of s_t = m_t ? act(p_t + s_{t-1} U) : s_{t-1}, out_t = m_t s_t, final = s_T:
+
+        G_t = g_t + m_t dout_t  (g_T = dfinal),  dpre_t = m_t act'(s_t) G_t,
+        g_{t-1} = (1 - m_t) G_t + dpre_t U^T,  dp_t = dpre_t,  dU = sum_t s_{t-1}^T dpre_t.
+    """
+    del activation
+    states, mask_tm, recurrent_kernel = residuals
+    d_outputs, d_final = cotangents
+    keep = mask_tm[..., None]
+    d_act = jnp.where(keep, output_derivative(states), 0.0)
+    d_outputs = jnp.where(keep, d_outputs, 0.0)
+    kernel_t = cast_for_matmul(recurrent_kernel, compute_dtype).T
+
+    def step(g, inputs):
+        dout_t, dact_t, keep_t = inputs
+        total = g + dout_t
+        dpre = total * dact_t
+        return jnp.where(keep_t, matmul(dpre, kernel_t, compute_dtype), total), dpre
+
+    _, dpre = jax.lax.scan(step, d_final, (d_outputs, d_act, keep), reverse=True)
+    d_kernel = _time_contract(_shift_in_time(states), dpre, compute_dtype).astype(recurrent_kernel.dtype)
+    return dpre, None, d_kernel
+
+
 def bidirectional_rnn_scan(
     proj_forward: jax.Array,  # [t, b, A] time-major: x_t W_f + b, natural time order
     proj_backward_reversed: jax.Array,  # [t, b, A] time-major: x_t W_b + b, REVERSED time order
@@ -99,6 +188,8 @@ def bidirectional_rnn_scan(
     activation: Callable[[jax.Array], jax.Array],
     compute_dtype=jnp.float32,
     unroll: Optional[int] = None,
+    output_derivative: Optional[Callable[[jax.Array], jax.Array]] = None,
+    custom_vjp: Optional[bool] = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Both directions of a masked bi-directional vanilla RNN in ONE time-major scan.
 
@@ -110,14 +201,34 @@ def bidirectional_rnn_scan(
     padding instead of being held); outputs on valid steps are exactly those of two separate
     masked scans. One loop instead of two halves the per-step loop overhead.
 
+    ``output_derivative(y)`` = act'(z) written with the output y = act(z) (e.g.
+    :func:`tanh_derivative_from_output`); when given (and ``custom_vjp`` / :data:`CUSTOM_VJP` is on)
+    the gradient is the hand-written backward of :func:`_birnn_bwd` (a reverse scan of the
+    pre-activation cotangents only; dU as one [t*b]-deep matmul after it) instead of autodiff of the
+    scan. Same forward either way.
+
     Returns (forward outputs [t, b, A] in natural order, backward outputs [t, b, A] in REVERSED order;
     ``[::-1]`` them), time-major, zeros on padded steps. Only for left-aligned masks (the layout of
     every batch in this project).
     """
-    _, batch, size = proj_forward.shape
+    if output_derivative is not None and _use_custom_vjp(custom_vjp):
+        return _birnn_custom(
+            proj_forward, proj_backward_reversed, mask, mask_reversed, kernel_forward, kernel_backward,
+            activation, output_derivative, compute_dtype, _unroll(unroll),
+        )
+    return _birnn_scan(
+        proj_forward, proj_backward_reversed, mask, mask_reversed, kernel_forward, kernel_backward,
+        activation, compute_dtype, _unroll(unroll),
+    )
+
+
+def _birnn_scan(pf_all, pb_all, mask, mask_reversed, kernel_forward, kernel_backward, activation,
+                compute_dtype, unroll):
+    """The plain forward scan of :func:`bidirectional_rnn_scan` (also the autodiff reference)."""
+    _, batch, size = pf_all.shape
     kf = cast_for_matmul(kernel_forward, compute_dtype)
     kb = cast_for_matmul(kernel_backward, compute_dtype)
-    zeros = jnp.zeros((batch, size), proj_forward.dtype)
+    zeros = jnp.zeros((batch, size), pf_all.dtype)
 
     def step(carry, inputs):
         hf, hb = carry
@@ -127,10 +238,80 @@ def bidirectional_rnn_scan(
         return (of, ob), (of, ob)
 
     _, (fwd, bwd_reversed) = jax.lax.scan(
-        step, (zeros, zeros), (proj_forward, proj_backward_reversed, mask, mask_reversed),
-        unroll=_unroll(unroll),
+        step, (zeros, zeros), (pf_all, pb_all, mask, mask_reversed), unroll=unroll,
     )
     return fwd, bwd_reversed
+
+
+def _shift_in_time(outputs: jax.Array) -> jax.Array:
+    """[t, b, ...] -> the previous step's values (zeros at step 0)."""
+    return jnp.concatenate([jnp.zeros_like(outputs[:1]), outputs[:-1]], axis=0)
+
+
+def _time_contract(a: jax.Array, b: jax.Array, compute_dtype) -> jax.Array:
+    """sum_t a_t^T b_t for a [t, n, p], b [t, n, q] -> [p, q].
+
+    As t batched [p, n] x [n, q] matmuls summed by a ones-vector matmul: on XLA CPU this is ~2x
+    faster than one [t*n]-deep ``a.T @ b`` (whose contraction over the major dimension makes XLA
+    transpose an operand first) and than a sum over the leading axis.
+    """
+    per_step = jnp.einsum("tni,tnj->tij", cast_for_matmul(a, compute_dtype), cast_for_matmul(b, compute_dtype),
+                          preferred_element_type=jnp.float32 if compute_dtype != jnp.float32 else None)
+    steps = per_step.shape[0]
+    return matmul(jnp.ones((steps,), per_step.dtype), per_step.reshape(steps, -1)).reshape(per_step.shape[1:])
+
+
+def _birnn_primal(pf_all, pb_all, mask, mask_reversed, kernel_forward, kernel_backward, activation,
+                  output_derivative, compute_dtype, unroll):
+    return _birnn_scan(pf_all, pb_all, mask, mask_reversed, kernel_forward, kernel_backward, activation,
+                       compute_dtype, unroll)
+
+
+def _birnn_fwd(pf_all, pb_all, mask, mask_reversed, kernel_forward, kernel_backward, activation,
+               output_derivative, compute_dtype, unroll):
+    outputs = _birnn_scan(pf_all, pb_all, mask, mask_reversed, kernel_forward, kernel_backward,
+                          activation, compute_dtype, unroll)
+    return outputs, (outputs, mask, mask_reversed, kernel_forward, kernel_backward)
+
+
+def _birnn_bwd(activation, output_derivative, compute_dtype, unroll, residuals, cotangents):
+    """Backward of o_t = m_t act(p_t + o_{t-1} U) (each direction, in its iteration order):
+
+        dpre_t = m_t act'(pre_t) (dout_t + dpre_{t+1} U^T),  dp_t = dpre_t,
+        dU = sum_t o_{t-1}^T dpre_t,
+
+    with act'(pre_t) = output_derivative(o_t). The reverse scan carries only dpre_{t+1} U^T; dU is
+    one matmul over all t*b rows after it.
+    """
+    del activation
+    (out_f, out_b), mask, mask_reversed, kernel_forward, kernel_backward = residuals
+    dout_f, dout_b = cotangents
+    dact_f = jnp.where(mask[..., None], output_derivative(out_f), 0.0)
+    dact_b = jnp.where(mask_reversed[..., None], output_derivative(out_b), 0.0)
+    kf_t = cast_for_matmul(kernel_forward, compute_dtype).T
+    kb_t = cast_for_matmul(kernel_backward, compute_dtype).T
+
+    def step(carry, inputs):
+        cf, cb = carry  # dpre_{t+1} U^T of each direction
+        gf, gb, af, ab = inputs
+        df = (gf + cf) * af
+        db = (gb + cb) * ab
+        return (matmul(df, kf_t, compute_dtype), matmul(db, kb_t, compute_dtype)), (df, db)
+
+    zeros = jnp.zeros(out_f.shape[1:], out_f.dtype)
+    _, (dpre_f, dpre_b) = jax.lax.scan(
+        step, (zeros, zeros), (dout_f, dout_b, dact_f, dact_b), reverse=True, unroll=unroll,
+    )
+    du_f = _time_contract(_shift_in_time(out_f), dpre_f, compute_dtype).astype(kernel_forward.dtype)
+    du_b = _time_contract(_shift_in_time(out_b), dpre_b, compute_dtype).astype(kernel_backward.dtype)
+    return dpre_f, dpre_b, None, None, du_f, du_b
+
+
+_birnn_custom = jax.custom_vjp(_birnn_primal, nondiff_argnums=(6, 7, 8, 9))
+_birnn_custom.defvjp(_birnn_fwd, _birnn_bwd)
+
+_rnn_custom = jax.custom_vjp(_rnn_primal, nondiff_argnums=(3, 4, 5))
+_rnn_custom.defvjp(_rnn_fwd, _rnn_bwd)
 
 
 def gated_scan(
@@ -140,6 +321,7 @@ def gated_scan(
     *,
     compute_dtype=jnp.float32,
     unroll: Optional[int] = None,
+    custom_vjp: bool = False,
 ) -> jax.Array:
     """Attention-gated recurrence (TAGM cell, reference notes 2.4), h_0 = 0:
 
@@ -147,21 +329,84 @@ def gated_scan(
         h_t  = (1 - a_t) h_{t-1} + a_t h'_t
 
     Returns the final state h_T [b, h]; with a_t = 0 on padding it is the last valid state.
+    ``custom_vjp=True``: the gradient is the hand-written backward of :func:`_gated_bwd` (same
+    forward). Off by default: on the 2-core CPU it measured no faster than autodiff of this scan
+    (whole train step, b64 / b512: 0.998x / 1.006x; issue 12).
     """
-    batch, _, hidden = input_proj.shape
-    kernel = cast_for_matmul(recurrent_kernel, compute_dtype)
-    carry0 = jnp.zeros((batch, hidden), input_proj.dtype)
+    if custom_vjp:
+        return _gated_custom(input_proj, gates, recurrent_kernel, compute_dtype, _unroll(unroll))
+    return _gated_scan(input_proj, gates, recurrent_kernel, compute_dtype, _unroll(unroll))
 
+
+def _gated_step(kernel, compute_dtype):
     def step(state, inputs):
         proj_t, gate_t = inputs
         candidate = jax.nn.relu(proj_t + matmul(state, kernel, compute_dtype))
         gate_t = gate_t[:, None]
-        return (1.0 - gate_t) * state + gate_t * candidate, None
+        return (1.0 - gate_t) * state + gate_t * candidate, candidate
 
-    final, _ = jax.lax.scan(
-        step, carry0, (_time_major(input_proj), _time_major(gates)), unroll=_unroll(unroll)
-    )
-    return final
+    return step
+
+
+def _gated_scan(input_proj, gates, recurrent_kernel, compute_dtype, unroll, keep_states=False):
+    """The plain scan of :func:`gated_scan` (the autodiff reference). ``keep_states``: also return
+    the stacked states h_1..h_T and candidates h'_1..h'_T, time-major [t, b, h]."""
+    batch, _, hidden = input_proj.shape
+    kernel = cast_for_matmul(recurrent_kernel, compute_dtype)
+    carry0 = jnp.zeros((batch, hidden), input_proj.dtype)
+    step = _gated_step(kernel, compute_dtype)
+    xs = (_time_major(input_proj), _time_major(gates))
+    if not keep_states:
+        final, _ = jax.lax.scan(lambda c, x: (step(c, x)[0], None), carry0, xs, unroll=unroll)
+        return final
+
+    def keeping(state, inputs):
+        new, candidate = step(state, inputs)
+        return new, (new, candidate)
+
+    final, (states, candidates) = jax.lax.scan(keeping, carry0, xs, unroll=unroll)
+    return final, states, candidates
+
+
+def _gated_primal(input_proj, gates, recurrent_kernel, compute_dtype, unroll):
+    return _gated_scan(input_proj, gates, recurrent_kernel, compute_dtype, unroll)
+
+
+def _gated_fwd(input_proj, gates, recurrent_kernel, compute_dtype, unroll):
+    final, states, candidates = _gated_scan(
+        input_proj, gates, recurrent_kernel, compute_dtype, unroll, keep_states=True)
+    return final, (states, candidates, gates, recurrent_kernel)
+
+
+def _gated_bwd(compute_dtype, unroll, residuals, d_final):
+    """Backward of h_t = (1 - a_t) h_{t-1} + a_t relu(p_t + h_{t-1} U), given dL/dh_T:
+
+        g_T = d_final,  dpre_t = a_t [h'_t > 0] g_t,  g_{t-1} = (1 - a_t) g_t + dpre_t U^T,
+        dp_t = dpre_t,  da_t = <g_t, h'_t - h_{t-1}>,  dU = sum_t h_{t-1}^T dpre_t.
+
+    The reverse scan only carries g and emits g_t; dpre, da and dU (one [t*b]-deep matmul) are
+    computed for all steps after it.
+    """
+    states, candidates, gates, recurrent_kernel = residuals
+    a = _time_major(gates)[..., None]  # [t, b, 1]
+    active = candidates > 0  # relu'(z) = [z > 0], as jax.nn.relu's gradient
+    kernel_t = cast_for_matmul(recurrent_kernel, compute_dtype).T
+
+    def step(g, inputs):
+        a_t, active_t = inputs
+        dpre = jnp.where(active_t, a_t * g, 0.0)
+        return (1.0 - a_t) * g + matmul(dpre, kernel_t, compute_dtype), g
+
+    _, g_all = jax.lax.scan(step, d_final, (a, active), reverse=True, unroll=unroll)  # g_all[t] = g_t
+    dpre = jnp.where(active, a * g_all, 0.0)  # [t, b, h]
+    previous = _shift_in_time(states)
+    d_gates = jnp.sum(g_all * (candidates - previous), axis=-1)  # [t, b]
+    d_kernel = _time_contract(previous, dpre, compute_dtype).astype(recurrent_kernel.dtype)
+    return _time_major(dpre), _time_major(d_gates).astype(gates.dtype), d_kernel
+
+
+_gated_custom = jax.custom_vjp(_gated_primal, nondiff_argnums=(3, 4))
+_gated_custom.defvjp(_gated_fwd, _gated_bwd)
 
 
 def masked_lstm_scan(
@@ -238,7 +483,7 @@ class RecurrentLayer(nn.Module):
     def project_inputs(self, x: jax.Array) -> jax.Array:
         """x [..., t, d] -> x W + b_W + b_U [..., t, G h], all steps in one matmul (outside the scan)."""
         dtype = resolve_dtype(self.compute_dtype)
-        return matmul(x, self.input_kernel, dtype) + (self.input_bias + self.recurrent_bias)
+        return rows_matmul(x, self.input_kernel, dtype) + (self.input_bias + self.recurrent_bias)
 
     def run(
         self, input_proj: jax.Array, mask: jax.Array, gates: Optional[jax.Array] = None
@@ -250,9 +495,12 @@ class RecurrentLayer(nn.Module):
                 raise ValueError("the gated cell needs attention gates")
             return gated_scan(input_proj, gates, self.recurrent_kernel, compute_dtype=dtype)
         if self.cell == "rnn":
-            activation = lambda z: softplus_beta(z, self.softplus_beta)  # noqa: E731
+            beta = self.softplus_beta
+            activation = lambda z: softplus_beta(z, beta)  # noqa: E731
+            derivative = lambda y: softplus_beta_derivative_from_output(y, beta)  # noqa: E731
             _, final = masked_rnn_scan(
-                input_proj, mask, self.recurrent_kernel, activation=activation, compute_dtype=dtype
+                input_proj, mask, self.recurrent_kernel, activation=activation, compute_dtype=dtype,
+                output_derivative=derivative,
             )
             return final
         return masked_lstm_scan(input_proj, mask, self.recurrent_kernel, compute_dtype=dtype)
