@@ -67,8 +67,9 @@ METHODS: dict[str, Method] = {
     "recentpop": _baseline("RecentPop", "bpr", "RecentPop"),
 }
 TABLE2_METHODS = ("mf", "bpr", "timesvdpp", "hievh", "item2vec", "ncf", "mp2vec", "rnn", "lstm", "tagm", "iarn",
-                  # beyond the paper: a modern sequential ranking peer and IARN trained for ranking
-                  "sasrec", "iarn_rank")
+                  # beyond the paper: a modern sequential ranking peer, recent popularity (the strongest
+                  # ranking peer on a global time cut) and IARN trained for ranking
+                  "sasrec", "recentpop", "iarn_rank")
 
 
 def parse_methods(text: Optional[str], default: Sequence[str] = TABLE2_METHODS) -> list[str]:
