@@ -141,3 +141,19 @@ def test_wrong_config_field_or_type_is_one_error_line(override, needles):
     errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
     assert out.returncode == 2 and len(errors) == 1 and "Traceback" not in out.stderr, out.stderr
     assert all(needle in errors[0] for needle in needles), errors[0]
+
+
+def test_another_objective_resets_the_configs_selection_metric():
+    """A config's val_metric belongs to its own objective: --objective=ranking on a config that selects
+    a joint model on RMSE selects on the sampled AUC ("auto"); an explicit override still wins."""
+    from iarn_jax.training.defaults import train_settings
+
+    joint = {"objective": "joint", "val_metric": "rmse", "history_mode": "full_without_self"}
+    assert train_settings(joint, "ranking")["val_metric"] == "auto"
+    assert train_settings(joint, "joint")["val_metric"] == "rmse"
+    assert train_settings(joint)["val_metric"] == "rmse"
+    assert train_settings(joint, "ranking", overrides={"val_metric": "rmse"})["val_metric"] == "rmse"
+    rating = {"objective": "rating", "history_mode": "full"}
+    assert train_settings(rating, "ranking")["history_mode"] == "full_without_self"
+    assert train_settings(rating, "ranking", history="causal")["history_mode"] == "causal"
+    assert train_settings(rating)["history_mode"] == "full"

@@ -62,15 +62,12 @@ def _iarn_settings(split: ProtocolSplit, variant: str, seed: int, max_seconds: O
                    objective: Optional[str] = None):
     from iarn_jax.models.config import ModelConfig
     from iarn_jax.training.config import TrainConfig
+    from iarn_jax.training.defaults import train_settings
     from iarn_jax.training.experiment import protocol_defaults
 
     model_defaults, train_defaults = protocol_defaults(split, verbose=False, variant=variant)
     model_kwargs = {**model_defaults, "variant": variant, **(model_overrides or {})}
-    train_kwargs = {**train_defaults, "seed": seed, **(train_overrides or {})}
-    if objective is not None:
-        train_kwargs["objective"] = objective
-        if objective != "rating" and train_kwargs.get("history_mode", "full") == "full":
-            train_kwargs["history_mode"] = "full_without_self"
+    train_kwargs = train_settings({**train_defaults, "seed": seed}, objective, overrides=train_overrides)
     if max_seconds is not None:
         train_kwargs["max_seconds"] = float(max_seconds)
     if max_len is not None:

@@ -86,11 +86,25 @@ def build_configs(config: ml_collections.ConfigDict, split: ProtocolSplit, *, va
     sampled negatives never keeps the target inside its own history ("full" -> "full_without_self")."""
     model_defaults, train_defaults = config_settings(config, split, variant=variant, verbose=verbose)
     model_kwargs = {**model_defaults, "variant": variant, **(model_overrides or {})}
-    train_kwargs = {**train_defaults, "seed": seed, **(train_overrides or {})}
-    if objective is not None:
-        train_kwargs["objective"] = objective
-    if history is not None:
-        train_kwargs["history_mode"] = history
-    elif train_kwargs.get("objective", "rating") != "rating" and train_kwargs.get("history_mode", "full") == "full":
-        train_kwargs["history_mode"] = "full_without_self"
+    train_kwargs = train_settings({**train_defaults, "seed": seed}, objective, history, train_overrides)
     return ModelConfig(**model_kwargs), TrainConfig(**train_kwargs)
+
+
+def train_settings(defaults: dict, objective: Optional[str] = None, history: Optional[str] = None,
+                   overrides: Optional[dict] = None) -> dict:
+    """TrainConfig keyword arguments: ``defaults`` (a config's), ``objective`` when given, then
+    ``overrides``. An objective other than the config's resets ``val_metric`` to "auto" (a config's
+    selection metric belongs to its own objective: RMSE selection is meaningless for ``ranking``).
+    Without ``history``, an objective with sampled negatives never keeps the target inside its own
+    history ("full" -> "full_without_self")."""
+    kwargs = dict(defaults)
+    if objective is not None and objective != kwargs.get("objective", "rating"):
+        kwargs.update(objective=objective, val_metric="auto")
+    kwargs.update(overrides or {})
+    if objective is not None:
+        kwargs["objective"] = objective
+    if history is not None:
+        kwargs["history_mode"] = history
+    elif kwargs.get("objective", "rating") != "rating" and kwargs.get("history_mode", "full") == "full":
+        kwargs["history_mode"] = "full_without_self"
+    return kwargs
