@@ -1,6 +1,7 @@
 """configs/: one locked ml_collections file per protocol, holding exactly the defaults the
 per-protocol dicts of ``training/experiment.py`` had (golden file recorded on commit fbfaff2; since then
-ml100k / mlsmall start at HieVH, ``train.factor_init="hievh"``, a validated change of issue 11)."""
+ml100k / mlsmall start at HieVH and train jointly with the time-aware item bias: validated changes
+of issues 10 / 11, their golden entries regenerated)."""
 from __future__ import annotations
 
 import dataclasses
