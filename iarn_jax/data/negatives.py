@@ -32,6 +32,7 @@ NEGATIVE_SPEC = {
     "neg_item_history_rating": ("float32", "[B*k, Tn]", "step ratings, 0 on padding"),
     "neg_item_history_mask": ("bool", "[B*k, Tn]", "True on valid steps"),
 }
+# with an ``ItemRecency`` also "neg_item_recency": float32 [B*k, K + 1] at the positives' times.
 
 
 def negative_rng(seed: int, epoch: int, batch: int) -> np.random.Generator:

@@ -134,3 +134,5 @@ BATCH_SPEC = {
     "item_history_rating": ("float32", "[B, Ti]", "step ratings; 0 on padding and on the target's own step"),
     "item_history_mask": ("bool", "[B, Ti]", "True on valid steps"),
 }
+# With ``ModelConfig.recency_windows`` a batch also carries (``batching.materialize(..., recency=...)``)
+# "item_recency": float32 [B, K + 1], the item's recency features at the pair's time (``data.recency``).

@@ -18,8 +18,8 @@ import jax
 import numpy as np
 
 from iarn_jax.data import batching, histories
-from iarn_jax.data.recency import ItemRecency
 from iarn_jax.data.negatives import NegativeSampler, materialize_negatives, negative_rng
+from iarn_jax.data.recency import ItemRecency
 from iarn_jax.data.types import ProtocolSplit
 from iarn_jax.training.config import TrainConfig
 
