@@ -233,9 +233,9 @@ class MostPop:
         return np.broadcast_to(self.counts[np.asarray(items, dtype=np.int64)], (len(users), len(items)))
 
 
-class RecentPop:
+class RecentPop(MostPop):
     """Recent item popularity: the number of interactions in the last ``window`` of the training
-    period (a fraction of its span; ties broken by all-time popularity).
+    period (a fraction of its span; ties broken by all-time popularity). Scores as MostPop does.
 
     On a global time cut the test period's interactions go mostly to items popular just before the
     cut, so this is a strong ranking reference there. ``window`` None: chosen from ``WINDOWS`` on a
@@ -248,8 +248,8 @@ class RecentPop:
     WINDOWS = (0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 
     def __init__(self, window: Optional[float] = None, holdout: float = 0.1):
+        super().__init__()
         self.window, self.holdout = window, holdout
-        self.counts = None
         self.selection_ = None
 
     @staticmethod
@@ -288,12 +288,3 @@ class RecentPop:
         self.counts = self._scores(items, times, int(times.max()) + 1, int(times.max()) + 1 - int(times.min()),
                                    window, n)
         return self
-
-    def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        return self.counts[np.asarray(items, dtype=np.int64)]
-
-    def score_items(self, user: int, items: np.ndarray) -> np.ndarray:
-        return self.counts[np.asarray(items, dtype=np.int64)]
-
-    def score_matrix(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        return np.broadcast_to(self.counts[np.asarray(items, dtype=np.int64)], (len(users), len(items)))
