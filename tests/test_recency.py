@@ -133,3 +133,15 @@ def test_scorer_scores_items_as_of_the_end_of_training(synthetic, variant):
     np.testing.assert_array_equal(batch["item_recency"], recency.at_end(universe))
     expected, _ = model.apply({"params": params}, batch)
     np.testing.assert_allclose(scorer.score_items(user, universe), np.asarray(expected), rtol=1e-5, atol=1e-5)
+
+
+def test_saved_model_structure_includes_the_bias_weights(synthetic):
+    """Loading a saved model builds its parameter tree from a dummy batch: with recency_windows that
+    batch must carry the features, and the tree holds the bias weights [K + 1]."""
+    from iarn_jax.serve.model_io import abstract_params
+
+    split, uh, ih = synthetic
+    model, params, _, _ = _model(split, uh, ih, ItemRecency.from_histories(ih, FRACTIONS))
+    tree = abstract_params(model)
+    assert tree["item_tower"]["recency_weight"].shape == (len(FRACTIONS) + 1,)
+    assert jax.tree_util.tree_structure(tree) == jax.tree_util.tree_structure(params)

@@ -291,6 +291,9 @@ def abstract_params(model, constants: Optional[dict] = None) -> Any:
         "user_history_mask": np.ones((1, 1), bool), "item_history": np.zeros((1, 1), np.int32),
         "item_history_rating": np.zeros((1, 1), np.float32), "item_history_mask": np.ones((1, 1), bool),
     }
+    windows = getattr(getattr(model, "config", None), "recency_windows", ())
+    if windows:  # the time-aware item bias reads the item's recency features
+        batch["item_recency"] = np.zeros((1, len(windows) + 1), np.float32)
     return jax.eval_shape(lambda c: initialize(model, jax.random.PRNGKey(0), batch, c, deterministic=True),
                           constants or {})
 
