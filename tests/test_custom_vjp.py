@@ -18,7 +18,6 @@ import pytest
 from iarn_jax.models.initializers import matmul, rows_matmul
 from iarn_jax.models.recurrence import (
     bidirectional_rnn_scan,
-    gated_scan,
     masked_rnn_scan,
     softplus_beta,
     softplus_beta_derivative_from_output,
@@ -63,24 +62,6 @@ def _birnn_loss(cell, custom):
     return loss
 
 
-def _gated_inputs(dtype, seed=0):
-    rng = np.random.default_rng(seed)
-    mask = _mask()
-    proj = rng.normal(size=(B, T, A))
-    gates = np.where(mask, rng.uniform(size=(B, T)), 0.0)  # exactly 0 on padding, as the model's
-    kernel = rng.normal(size=(A, A)) * 0.5
-    weights = rng.normal(size=(B, A))
-    cast = lambda v: jnp.asarray(v, dtype)  # noqa: E731
-    return (cast(proj), cast(gates), cast(kernel)), cast(weights)
-
-
-def _gated_loss(custom):
-    def loss(proj, gates, kernel, weights):
-        return jnp.sum(jnp.sin(weights * gated_scan(proj, gates, kernel, custom_vjp=custom)))
-
-    return loss
-
-
 def _assert_close_rel(got, want, rtol):
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     scale = max(np.max(np.abs(want)), 1e-12)
@@ -104,37 +85,6 @@ def test_birnn_custom_vjp_matches_autodiff(cell):
     assert np.all(np.asarray(fast[0])[~mask_tm] == 0.0)  # padded inputs get no gradient
     assert np.all(np.asarray(fast[1])[~mask_rev] == 0.0)
     assert np.abs(np.asarray(fast[2])).max() > 1e-3 and np.abs(np.asarray(fast[3])).max() > 1e-3
-
-
-def test_gated_custom_vjp_matches_autodiff():
-    args, weights = _gated_inputs(jnp.float32)
-    np.testing.assert_array_equal(np.asarray(gated_scan(*args, custom_vjp=True)),
-                                  np.asarray(gated_scan(*args, custom_vjp=False)))
-    argnums = (0, 1, 2)
-    fast = jax.jit(jax.grad(_gated_loss(True), argnums=argnums))(*args, weights)
-    ref = jax.jit(jax.grad(_gated_loss(False), argnums=argnums))(*args, weights)
-    for got, want in zip(fast, ref):
-        _assert_close_rel(got, want, 1e-5)
-    mask = _mask()
-    assert np.all(np.asarray(fast[0])[~mask] == 0.0)  # padded steps (a_t = 0) get no input gradient
-    assert np.abs(np.asarray(fast[1])[mask]).max() > 1e-3  # gate gradients on valid steps
-
-
-def test_gated_custom_vjp_with_broadcast_projection():
-    """The pair path broadcasts one input projection against several gate rows; grads still agree."""
-    args, weights = _gated_inputs(jnp.float32, seed=3)
-    proj, gates, kernel = args
-
-    def loss(custom):
-        def f(p, g, k):
-            wide = jnp.broadcast_to(p[:1], g.shape + p.shape[-1:])
-            return jnp.sum(jnp.sin(weights * gated_scan(wide, g, k, custom_vjp=custom)))
-        return f
-
-    fast = jax.grad(loss(True), argnums=(0, 1, 2))(proj, gates, kernel)
-    ref = jax.grad(loss(False), argnums=(0, 1, 2))(proj, gates, kernel)
-    for got, want in zip(fast, ref):
-        _assert_close_rel(got, want, 1e-5)
 
 
 def _finite_difference_check(loss, args, argnums, seed):
@@ -162,14 +112,6 @@ def test_birnn_custom_vjp_finite_differences_float64(cell):
         assert args[0].dtype == jnp.float64
         _finite_difference_check(_birnn_loss(cell, True), (*args, weights), (0, 1, 4, 5), seed=2)
     assert jnp.ones(1).dtype == jnp.float32  # x64 did not leak
-
-
-def test_gated_custom_vjp_finite_differences_float64():
-    with jax.enable_x64(True):
-        args, weights = _gated_inputs(jnp.float64, seed=1)
-        assert args[0].dtype == jnp.float64
-        _finite_difference_check(_gated_loss(True), (*args, weights), (0, 1, 2), seed=2)
-    assert jnp.ones(1).dtype == jnp.float32
 
 
 def test_derivatives_from_output_match_autodiff():

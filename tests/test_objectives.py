@@ -224,6 +224,18 @@ def test_planted_preferences_are_ranked_first(tmp_path):
     assert metrics["auc"] >= 0.9, metrics
 
 
+def _tiny_model_on_test_pairs(tiny_split):
+    """(ModelConfig, IARN, a batch of every test pair, freshly initialised parameters)."""
+    from iarn_jax.training import loop
+
+    cfg = loop.complete_model_config(TINY, tiny_split)
+    model = IARN(cfg)
+    data = loop.prepare_data(tiny_split, "full_without_self")
+    batch = batching.materialize(np.arange(len(data.test)), data.test, data.user_histories, data.item_histories,
+                                 max_len=16)
+    return cfg, model, batch, model.init(jax.random.key(0), batch)["params"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("objective", ["rating", "ranking"])
 def test_factor_baseline_start_predicts_exactly_the_baseline(tiny_split, objective):
@@ -232,12 +244,7 @@ def test_factor_baseline_start_predicts_exactly_the_baseline(tiny_split, objecti
     from iarn_jax.models.baselines.mf import MF
     from iarn_jax.training import loop
 
-    cfg = loop.complete_model_config(TINY, tiny_split)
-    model = IARN(cfg)
-    data = loop.prepare_data(tiny_split, "full_without_self")
-    batch = batching.materialize(np.arange(len(data.test)), data.test, data.user_histories, data.item_histories,
-                                 max_len=16)
-    params = model.init(jax.random.key(0), batch)["params"]
+    cfg, model, batch, params = _tiny_model_on_test_pairs(tiny_split)
     params, info = loop.init_from_factor_baseline(params, tiny_split, cfg, objective, seed=3)
     pred, _ = model.apply({"params": params}, batch)
     users, items = batch["user"].astype(np.int64), batch["item"].astype(np.int64)
@@ -258,12 +265,7 @@ def test_hievh_start_predicts_exactly_hievh(tiny_split):
     from iarn_jax.models.baselines.hievh import HieVH
     from iarn_jax.training import loop
 
-    cfg = loop.complete_model_config(TINY, tiny_split)
-    model = IARN(cfg)
-    data = loop.prepare_data(tiny_split, "full_without_self")
-    batch = batching.materialize(np.arange(len(data.test)), data.test, data.user_histories, data.item_histories,
-                                 max_len=16)
-    params = model.init(jax.random.key(0), batch)["params"]
+    cfg, model, batch, params = _tiny_model_on_test_pairs(tiny_split)
     params, info = loop.init_from_factor_baseline(params, tiny_split, cfg, "rating", seed=3, baseline_name="hievh")
     pred, _ = model.apply({"params": params}, batch)
     baseline = HieVH(dim=cfg.stationary_dim, refit=False).fit(tiny_split, seed=3, verbose=False)

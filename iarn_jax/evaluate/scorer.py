@@ -135,8 +135,9 @@ class RankingScorer:
         self.variables = jax.device_put(model_variables(params, constants))  # params + feature tables
         self.user_histories = user_histories
         self.item_histories = item_histories
-        self.recency = (ItemRecency.from_histories(item_histories, self.config.recency_windows)
-                        if self.config.recency_windows else None)
+        # [n_items, K + 1] every item's recency features as of the end of the training period
+        self.item_recency = (ItemRecency.from_histories(item_histories, self.config.recency_windows)
+                             .at_end(np.arange(item_histories.n_entities)) if self.config.recency_windows else None)
         self.items = np.asarray(items, dtype=np.int64)
         self.max_len = max_len
         self.bucket_lengths = tuple(bucket_lengths)
@@ -233,8 +234,8 @@ class RankingScorer:
             padded[: rows.size] = rows
             ids, ratings, mask = padded_histories(self._histories(side), padded, T, self.max_len, rows.size)
             inputs = (padded.astype(np.int32), ids, ratings, mask)
-            if side == "item" and self.recency is not None:  # the items as of the end of the training period
-                inputs = inputs + (self.recency.at_end(padded),)
+            if side == "item" and self.item_recency is not None:
+                inputs = inputs + (self.item_recency[padded],)
             yield rows.size, inputs
 
     def _representations(self, side: str, entities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

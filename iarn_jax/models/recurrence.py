@@ -101,28 +101,13 @@ def masked_rnn_scan(
     the forward pass is the state at the last valid step; of the backward pass, the state at step 1.
     Any mask works (padding need not be trailing).
     """
-    if output_derivative is not None and _use_custom_vjp(custom_vjp):
-        proj_tm, mask_tm = _time_major(input_proj), _time_major(mask)
-        if reverse:  # the same steps in iteration order
-            proj_tm, mask_tm = proj_tm[::-1], mask_tm[::-1]
-        outputs, final = _rnn_custom(proj_tm, mask_tm, recurrent_kernel, activation, output_derivative,
-                                     compute_dtype)
-        if reverse:
-            outputs = outputs[::-1]
-        return _time_major(outputs), final
-    batch, _, hidden = input_proj.shape
-    kernel = cast_for_matmul(recurrent_kernel, compute_dtype)
-    carry0 = jnp.zeros((batch, hidden), input_proj.dtype)
-
-    def step(state, inputs):
-        proj_t, mask_t = inputs
-        new = activation(proj_t + matmul(state, kernel, compute_dtype))
-        state = jnp.where(mask_t[:, None], new, state)
-        return state, jnp.where(mask_t[:, None], state, 0.0)
-
-    final, outputs = jax.lax.scan(
-        step, carry0, (_time_major(input_proj), _time_major(mask)), reverse=reverse
-    )
+    proj_tm, mask_tm = _time_major(input_proj), _time_major(mask)
+    if reverse:  # the same steps in iteration order
+        proj_tm, mask_tm = proj_tm[::-1], mask_tm[::-1]
+    run = _rnn_custom if output_derivative is not None and _use_custom_vjp(custom_vjp) else _rnn_primal
+    outputs, final = run(proj_tm, mask_tm, recurrent_kernel, activation, output_derivative, compute_dtype)
+    if reverse:
+        outputs = outputs[::-1]
     return _time_major(outputs), final
 
 
@@ -141,15 +126,16 @@ def _rnn_states(proj_tm, mask_tm, recurrent_kernel, activation, compute_dtype):
     return final, states
 
 
-def _rnn_primal(proj_tm, mask_tm, recurrent_kernel, activation, output_derivative, compute_dtype):
-    final, states = _rnn_states(proj_tm, mask_tm, recurrent_kernel, activation, compute_dtype)
-    return jnp.where(mask_tm[..., None], states, 0.0), final
-
-
 def _rnn_fwd(proj_tm, mask_tm, recurrent_kernel, activation, output_derivative, compute_dtype):
     final, states = _rnn_states(proj_tm, mask_tm, recurrent_kernel, activation, compute_dtype)
     outputs = jnp.where(mask_tm[..., None], states, 0.0)
     return (outputs, final), (states, mask_tm, recurrent_kernel)
+
+
+def _rnn_primal(proj_tm, mask_tm, recurrent_kernel, activation, output_derivative, compute_dtype):
+    """(time-major outputs, zeros on padding, final state) of :func:`masked_rnn_scan` in iteration
+    order: the plain scan (autodiff's reference) and the custom VJP's forward."""
+    return _rnn_fwd(proj_tm, mask_tm, recurrent_kernel, activation, output_derivative, compute_dtype)[0]
 
 
 def _rnn_bwd(activation, output_derivative, compute_dtype, residuals, cotangents):
@@ -321,7 +307,6 @@ def gated_scan(
     *,
     compute_dtype=jnp.float32,
     unroll: Optional[int] = None,
-    custom_vjp: bool = False,
 ) -> jax.Array:
     """Attention-gated recurrence (TAGM cell, reference notes 2.4), h_0 = 0:
 
@@ -329,84 +314,21 @@ def gated_scan(
         h_t  = (1 - a_t) h_{t-1} + a_t h'_t
 
     Returns the final state h_T [b, h]; with a_t = 0 on padding it is the last valid state.
-    ``custom_vjp=True``: the gradient is the hand-written backward of :func:`_gated_bwd` (same
-    forward). Off by default: on the 2-core CPU it measured no faster than autodiff of this scan
-    (whole train step, b64 / b512: 0.998x / 1.006x; issue 12).
     """
-    if custom_vjp:
-        return _gated_custom(input_proj, gates, recurrent_kernel, compute_dtype, _unroll(unroll))
-    return _gated_scan(input_proj, gates, recurrent_kernel, compute_dtype, _unroll(unroll))
+    batch, _, hidden = input_proj.shape
+    kernel = cast_for_matmul(recurrent_kernel, compute_dtype)
+    carry0 = jnp.zeros((batch, hidden), input_proj.dtype)
 
-
-def _gated_step(kernel, compute_dtype):
     def step(state, inputs):
         proj_t, gate_t = inputs
         candidate = jax.nn.relu(proj_t + matmul(state, kernel, compute_dtype))
         gate_t = gate_t[:, None]
-        return (1.0 - gate_t) * state + gate_t * candidate, candidate
+        return (1.0 - gate_t) * state + gate_t * candidate, None
 
-    return step
-
-
-def _gated_scan(input_proj, gates, recurrent_kernel, compute_dtype, unroll, keep_states=False):
-    """The plain scan of :func:`gated_scan` (the autodiff reference). ``keep_states``: also return
-    the stacked states h_1..h_T and candidates h'_1..h'_T, time-major [t, b, h]."""
-    batch, _, hidden = input_proj.shape
-    kernel = cast_for_matmul(recurrent_kernel, compute_dtype)
-    carry0 = jnp.zeros((batch, hidden), input_proj.dtype)
-    step = _gated_step(kernel, compute_dtype)
-    xs = (_time_major(input_proj), _time_major(gates))
-    if not keep_states:
-        final, _ = jax.lax.scan(lambda c, x: (step(c, x)[0], None), carry0, xs, unroll=unroll)
-        return final
-
-    def keeping(state, inputs):
-        new, candidate = step(state, inputs)
-        return new, (new, candidate)
-
-    final, (states, candidates) = jax.lax.scan(keeping, carry0, xs, unroll=unroll)
-    return final, states, candidates
-
-
-def _gated_primal(input_proj, gates, recurrent_kernel, compute_dtype, unroll):
-    return _gated_scan(input_proj, gates, recurrent_kernel, compute_dtype, unroll)
-
-
-def _gated_fwd(input_proj, gates, recurrent_kernel, compute_dtype, unroll):
-    final, states, candidates = _gated_scan(
-        input_proj, gates, recurrent_kernel, compute_dtype, unroll, keep_states=True)
-    return final, (states, candidates, gates, recurrent_kernel)
-
-
-def _gated_bwd(compute_dtype, unroll, residuals, d_final):
-    """Backward of h_t = (1 - a_t) h_{t-1} + a_t relu(p_t + h_{t-1} U), given dL/dh_T:
-
-        g_T = d_final,  dpre_t = a_t [h'_t > 0] g_t,  g_{t-1} = (1 - a_t) g_t + dpre_t U^T,
-        dp_t = dpre_t,  da_t = <g_t, h'_t - h_{t-1}>,  dU = sum_t h_{t-1}^T dpre_t.
-
-    The reverse scan only carries g and emits g_t; dpre, da and dU (one [t*b]-deep matmul) are
-    computed for all steps after it.
-    """
-    states, candidates, gates, recurrent_kernel = residuals
-    a = _time_major(gates)[..., None]  # [t, b, 1]
-    active = candidates > 0  # relu'(z) = [z > 0], as jax.nn.relu's gradient
-    kernel_t = cast_for_matmul(recurrent_kernel, compute_dtype).T
-
-    def step(g, inputs):
-        a_t, active_t = inputs
-        dpre = jnp.where(active_t, a_t * g, 0.0)
-        return (1.0 - a_t) * g + matmul(dpre, kernel_t, compute_dtype), g
-
-    _, g_all = jax.lax.scan(step, d_final, (a, active), reverse=True, unroll=unroll)  # g_all[t] = g_t
-    dpre = jnp.where(active, a * g_all, 0.0)  # [t, b, h]
-    previous = _shift_in_time(states)
-    d_gates = jnp.sum(g_all * (candidates - previous), axis=-1)  # [t, b]
-    d_kernel = _time_contract(previous, dpre, compute_dtype).astype(recurrent_kernel.dtype)
-    return _time_major(dpre), _time_major(d_gates).astype(gates.dtype), d_kernel
-
-
-_gated_custom = jax.custom_vjp(_gated_primal, nondiff_argnums=(3, 4))
-_gated_custom.defvjp(_gated_fwd, _gated_bwd)
+    final, _ = jax.lax.scan(
+        step, carry0, (_time_major(input_proj), _time_major(gates)), unroll=_unroll(unroll)
+    )
+    return final
 
 
 def masked_lstm_scan(

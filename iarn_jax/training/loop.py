@@ -330,13 +330,12 @@ def init_params(model: IARN, split: ProtocolSplit, data: PreparedData, cfg: Trai
     params = jax.jit(lambda r, b, c: initialize(model, r, b, c, deterministic=True))(rng, first, constants or {})
     if model_config.bias != "none" and cfg.bias_init == "baseline":
         params = init_biases_from_baseline(params, split, model_config)
-    start_at_baseline = ((cfg.factor_init == "baseline" and cfg.objective in ("rating", "joint"))
-                         or (cfg.factor_init == "bpr" and cfg.objective == "ranking"))
-    if model_config.stationary_dim and start_at_baseline:
-        return init_from_factor_baseline(params, split, model_config, cfg.objective, seed=cfg.seed)
-    if model_config.stationary_dim and cfg.factor_init == "hievh" and cfg.objective != "ranking":
+    baseline = {"baseline": "mf" if cfg.objective in ("rating", "joint") else None,
+                "hievh": "hievh" if cfg.objective != "ranking" else None,
+                "bpr": "bpr" if cfg.objective == "ranking" else None}.get(cfg.factor_init)
+    if model_config.stationary_dim and baseline:
         return init_from_factor_baseline(params, split, model_config, cfg.objective, seed=cfg.seed,
-                                         baseline_name="hievh")
+                                         baseline_name=baseline)
     if model_config.stationary_dim and cfg.factor_init == "als":
         return init_factors_from_mf(params, split, model_config, seed=cfg.seed)
     return params, {}
