@@ -169,3 +169,42 @@ def test_bias_init_starts_at_the_bias_only_model(small_split):
     np.testing.assert_allclose(np.asarray(aux["bias"]), expected_bias, rtol=1e-5, atol=1e-5)
     dot = np.sum(np.asarray(aux["user_representation"]) * np.asarray(aux["item_representation"]), -1)
     np.testing.assert_allclose(np.asarray(pred), expected_bias + dot, rtol=1e-5, atol=1e-4)
+
+
+def test_trimmed_rows_hand_worked():
+    from iarn_jax.training.input_pipeline import trimmed_rows
+
+    assert trimmed_rows(5, 512) == 32  # at least min_rows
+    assert trimmed_rows(33, 512) == 64  # next power of two
+    assert trimmed_rows(64, 512) == 64
+    assert trimmed_rows(300, 512) == 512
+    assert trimmed_rows(300, 384) == 384  # never above the batch size
+    assert trimmed_rows(0, 512) == 32
+    assert trimmed_rows(5, 512, n_devices=3) == 33  # a multiple of the device count
+
+
+def test_eval_batches_trim_padding_and_score_every_pair_as_a_full_batch_does(small_split):
+    """Every pair exactly once; a trimmed batch is the first rows of the full-size batch, and the
+    model's predictions on it equal those on the untrimmed batch."""
+    from iarn_jax.training.input_pipeline import eval_batches
+
+    data = loop.prepare_data(small_split)
+    cfg = TrainConfig(eval_batch_size=256, bucket_lengths=(16, 128))
+    plan = batching.make_batch_plan(data.test, 256, shuffle=False, bucket_lengths=cfg.bucket_lengths)
+    model = IARN(dataclasses.replace(TINY_MODEL, n_users=small_split.n_users, n_items=small_split.n_items))
+    params, apply = None, jax.jit(model.apply)
+    seen, trimmed = [], 0
+    for k, (idx, batch) in enumerate(eval_batches(data.test, data, cfg)):
+        full = batching.materialize(plan[k], data.test, data.user_histories, data.item_histories)
+        assert len(idx) <= 256 and (idx >= 0).sum() == (plan.indices[k] >= 0).sum()
+        trimmed += len(idx) < 256
+        for key, value in batch.items():
+            np.testing.assert_array_equal(value, full[key][: len(idx)], err_msg=key)
+        if params is None:
+            params = model.init(jax.random.key(0), full)["params"]
+        small = np.asarray(apply({"params": params}, batch)[0])
+        large = np.asarray(apply({"params": params}, full)[0])[: len(idx)]
+        np.testing.assert_allclose(small, large, rtol=1e-5, atol=1e-6)
+        seen.extend(idx[idx >= 0].tolist())
+    assert sorted(seen) == list(range(len(data.test)))
+    assert trimmed > 0  # the test set does not fill its buckets' last batches
