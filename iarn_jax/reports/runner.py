@@ -60,19 +60,17 @@ def split_checksum(split: ProtocolSplit) -> str:
 def _iarn_settings(split: ProtocolSplit, variant: str, seed: int, max_seconds: Optional[float],
                    max_len: Optional[int], model_overrides: Optional[dict], train_overrides: Optional[dict],
                    objective: Optional[str] = None):
-    from iarn_jax.models.config import ModelConfig
-    from iarn_jax.training.config import TrainConfig
-    from iarn_jax.training.defaults import train_settings
-    from iarn_jax.training.experiment import protocol_defaults
+    """The launcher's (ModelConfig, TrainConfig) for the split's protocol, with the table's caps."""
+    import dataclasses
 
-    model_defaults, train_defaults = protocol_defaults(split, verbose=False, variant=variant)
-    model_kwargs = {**model_defaults, "variant": variant, **(model_overrides or {})}
-    train_kwargs = train_settings({**train_defaults, "seed": seed}, objective, overrides=train_overrides)
-    if max_seconds is not None:
-        train_kwargs["max_seconds"] = float(max_seconds)
-    if max_len is not None:
-        train_kwargs["max_len"] = int(max_len)
-    return ModelConfig(**model_kwargs), TrainConfig(**train_kwargs)
+    from iarn_jax.training.defaults import build_configs, config_for
+
+    model_config, train_config = build_configs(config_for(split), split, variant=variant, seed=seed,
+                                               objective=objective, model_overrides=model_overrides,
+                                               train_overrides=train_overrides, verbose=False)
+    caps = {**({"max_seconds": float(max_seconds)} if max_seconds is not None else {}),
+            **({"max_len": int(max_len)} if max_len is not None else {})}
+    return model_config, dataclasses.replace(train_config, **caps) if caps else train_config
 
 
 def train_iarn(split: ProtocolSplit, variant: str, run_dir: Optional[pathlib.Path], *, seed: int,
