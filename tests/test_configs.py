@@ -159,3 +159,19 @@ def test_another_objective_resets_the_configs_selection_metric():
     assert train_settings(rating, "ranking")["history_mode"] == "full_without_self"
     assert train_settings(rating, "ranking", history="causal")["history_mode"] == "causal"
     assert train_settings(rating)["history_mode"] == "full"
+
+
+def test_ranking_fields_apply_only_to_the_ranking_objective():
+    from iarn_jax.configs import base
+
+    config = base.get_config("synthetic")
+    config.ranking.model.hidden_size = 16
+    config.ranking.train.max_len = 32
+    split = _split("synthetic")
+    for objective, hidden, max_len in ((None, 64, None), ("rating", 64, None), ("joint", 64, None),
+                                       ("ranking", 16, 32)):
+        model, train = build_configs(config, split, objective=objective, verbose=False)
+        assert (model.hidden_size, train.max_len) == (hidden, max_len), objective
+    # an explicit override still wins over the ranking fields
+    model, _ = build_configs(config, split, objective="ranking", model_overrides={"hidden_size": 8}, verbose=False)
+    assert model.hidden_size == 8

@@ -5,7 +5,8 @@ convention): ``default`` (synthetic data, the README's first command), ``clothin
 Each file's ``get_config()`` returns a locked ``ConfigDict``: ``model`` and ``train`` hold every
 field of :class:`~iarn_jax.models.config.ModelConfig` / :class:`~iarn_jax.training.config.TrainConfig`
 except those a run sets itself (``variant``: ``--model``; ``seed``: ``--seed``; the data sizes), plus
-``protocol``, ``protocol_kwargs`` (extra arguments of ``load_protocol``) and ``derive_from_data``.
+``protocol``, ``protocol_kwargs`` (extra arguments of ``load_protocol``), ``derive_from_data`` and
+``ranking`` (``model`` / ``train`` fields used instead when a run's objective is "ranking").
 The repository's top-level ``configs/*.py`` re-export these files for ``--config=configs/X.py``;
 the package copy is what an installed ``iarn_jax`` (and ``--protocol=X``) uses.
 """

@@ -37,4 +37,7 @@ def get_config(protocol: str) -> ml_collections.ConfigDict:
     config.derive_from_data = False  # True: training.defaults.derived_defaults fills the data-dependent fields
     config.model = dataclass_fields(ModelConfig)
     config.train = dataclass_fields(TrainConfig)
+    # model / train fields that replace the ones above when a run's objective is "ranking" and the
+    # config's own objective is not (a protocol's ranking setting); empty: the same setting
+    config.ranking = ml_collections.ConfigDict({"model": {}, "train": {}})
     return config

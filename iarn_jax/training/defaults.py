@@ -49,10 +49,11 @@ def derived_defaults(split: ProtocolSplit) -> tuple[dict, dict, str]:
 
 
 def config_settings(config: ml_collections.ConfigDict, split: ProtocolSplit, *, variant: str = "iarn",
-                    verbose: bool = True) -> tuple[dict, dict]:
+                    verbose: bool = True, objective: Optional[str] = None) -> tuple[dict, dict]:
     """(model, train) keyword arguments of ModelConfig / TrainConfig from ``config``: with
-    ``derive_from_data``, the fields of :func:`derived_defaults` (printed when ``verbose``); gate
-    options the ``variant`` does not have are left out (their dataclass default: off)."""
+    ``derive_from_data``, the fields of :func:`derived_defaults` (printed when ``verbose``); with
+    ``objective="ranking"`` (and a config of another objective), the config's ``ranking`` fields on
+    top; gate options the ``variant`` does not have are left out (their dataclass default: off)."""
     model, train = config.model.to_dict(), config.train.to_dict()
     if config.derive_from_data:
         derived_model, derived_train, text = derived_defaults(split)
@@ -60,6 +61,9 @@ def config_settings(config: ml_collections.ConfigDict, split: ProtocolSplit, *, 
         train.update(derived_train)
         if verbose:
             print(text, flush=True)
+    if objective == "ranking" and train.get("objective", "rating") != "ranking" and "ranking" in config:
+        model.update(config.ranking.model.to_dict())
+        train.update(config.ranking.train.to_dict())
     for option, variants in GATE_OPTION_VARIANTS.items():
         if variant not in variants:
             model.pop(option, None)
@@ -84,7 +88,8 @@ def build_configs(config: ml_collections.ConfigDict, split: ProtocolSplit, *, va
     """A run's (ModelConfig, TrainConfig): ``config`` (see :func:`config_settings`), then the
     overrides, then ``objective`` / ``history`` when given. Without ``history``, an objective with
     sampled negatives never keeps the target inside its own history ("full" -> "full_without_self")."""
-    model_defaults, train_defaults = config_settings(config, split, variant=variant, verbose=verbose)
+    model_defaults, train_defaults = config_settings(config, split, variant=variant, verbose=verbose,
+                                                     objective=objective)
     model_kwargs = {**model_defaults, "variant": variant, **(model_overrides or {})}
     train_kwargs = train_settings({**train_defaults, "seed": seed}, objective, history, train_overrides)
     return ModelConfig(**model_kwargs), TrainConfig(**train_kwargs)
