@@ -38,7 +38,7 @@ FLAGS = flags.FLAGS
 
 @functools.cache  # once per process: tests call it before running main in-process
 def define_flags() -> None:
-    _flags.define("protocol", "data_root", "data", "cut", "workdir", "seed", "split_seed", "min_len",
+    _flags.define("protocol", "data_root", "data", "cut", "workdir", "seed", "split_seed", "val_mode", "min_len",
                   "rating_scale", "results_json", "use_tqdm")
     config_flags.DEFINE_config_file("config", None, "Config file (default: the --protocol's, configs/custom.py "
                                     "for --data); override fields with --config.model.FIELD=VALUE.", lock_config=True)
@@ -114,7 +114,7 @@ def main(argv):
     run_experiment(
         protocol, config=config, data_root=FLAGS.data_root, data=FLAGS.data, cut=FLAGS.cut, model=FLAGS.model,
         history=FLAGS.history, objective=FLAGS.objective, ranking_eval=FLAGS.ranking_eval,
-        baselines=tuple(FLAGS.baselines), seed=FLAGS.seed, split_seed=FLAGS.split_seed, min_len=FLAGS.min_len,
+        baselines=tuple(FLAGS.baselines), seed=FLAGS.seed, split_seed=FLAGS.split_seed, val_mode=FLAGS.val_mode, min_len=FLAGS.min_len,
         workdir=FLAGS.workdir, resume=FLAGS.resume, overwrite=FLAGS.overwrite,
         rating_scale=FLAGS.rating_scale and check_rating_scale(FLAGS.rating_scale),
         results_json=FLAGS.results_json, model_overrides={**model_overrides, **set_model},

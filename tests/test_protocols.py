@@ -164,3 +164,20 @@ def test_custom_protocol_matches_named_and_checksum():
     assert data_checksum(custom.dataset) == data_checksum(named.dataset)
     with pytest.raises(DataError, match="empty test set"):
         custom_protocol("ml100k", path, "1999-01-01")
+
+
+def test_run_experiment_validates_on_the_latest_pairs_with_temporal_val_mode(tmp_path):
+    """--val_mode=temporal reaches the split: the run's validation pairs are the training period's
+    latest, none of them trained on, and run.json records the mode."""
+    import json
+
+    from iarn_jax.training.experiment import run_experiment
+
+    _, result = run_experiment(
+        "synthetic", val_mode="temporal", workdir=tmp_path / "w", verbose=False, baselines=(),
+        model_overrides=dict(embed_dim=8, hidden_size=8, attention_size=8, stationary_dim=0),
+        train_overrides=dict(max_steps=2, eval_every=2, max_len=8, bucket_lengths=(8,), batch_size=32,
+                             eval_batch_size=64, factor_init="random"))
+    split = result.data.split
+    assert split.val["time"].min() >= split.train["time"].max()
+    assert json.loads((tmp_path / "w" / "run.json").read_text())["val_mode"] == "temporal"

@@ -103,6 +103,7 @@ def run_experiment(
     objective: Optional[str] = None,
     seed: int = 0,
     split_seed: int = 123,
+    val_mode: str = "random",
     min_len: int = 3,
     workdir: Optional[str | pathlib.Path] = None,
     resume: bool = False,
@@ -123,6 +124,8 @@ def run_experiment(
     history: the TrainConfig history mode; None = the protocol default, else "full" for the rating
       objective and "full_without_self" for objectives with sampled negatives.
     objective: the TrainConfig objective (None = the protocol default).
+    val_mode: "random" (validation pairs sampled from the training period, the reference code) or
+      "temporal" (its latest pairs; see ``data.protocols``).
     ranking_eval: also report full-ranking AUC / NDCG@10 / HR@10 on the protocol's evaluated users
       (benchmarks.md); None = only for objectives with sampled negatives.
     baselines: reference models fitted on the same split and printed beside the model ("bias":
@@ -142,7 +145,7 @@ def run_experiment(
         config = configs.get_config("custom" if data else protocol)
     protocol_kwargs = config.protocol_kwargs.to_dict()
     split = load_split(protocol, data_root, data=data, cut=cut, min_len=min_len, seed=split_seed,
-                       rating_scale=rating_scale, protocol_kwargs=protocol_kwargs)
+                       val_mode=val_mode, rating_scale=rating_scale, protocol_kwargs=protocol_kwargs)
     name = split.name
     model_config, train_config = build_configs(
         config, split, variant=model, seed=seed, objective=objective, history=history,
@@ -151,7 +154,7 @@ def run_experiment(
 
     is_main = jax.process_index() == 0  # JSON outputs come from process 0 only
     run_info = {"protocol": protocol, "data_root": str(data_root) if data_root else None, "data": data, "cut": cut,
-                "min_len": min_len, "split_seed": split_seed}
+                "min_len": min_len, "split_seed": split_seed, **({"val_mode": val_mode} if val_mode != "random" else {})}
     if not data and protocol_kwargs != _protocol_kwargs(protocol):  # e.g. another synthetic data size
         run_info["protocol_kwargs"] = protocol_kwargs
     run_records.check_run_info(workdir, run_info, resume=resume)
