@@ -14,4 +14,14 @@ def get_config() -> ml_collections.ConfigDict:
     # default run stops after 4.8 epochs (test RMSE 1.0610) instead of 7.2 (1.0612; that run's last
     # improvement, at step 3,500, was 0.0009 of val RMSE); issue 12, BUILD_NOTES
     config.train.stop_patience = 20
+    # --objective=ranking: the MovieLens model (stationary factors, bounded context, open matching
+    # gates, H = A = 32) with the time-aware item bias, histories capped at 32, validated once per
+    # epoch. The paper's setting above, uncapped, trained for ranking at 25-200 pairs/s here and its
+    # validation with sampled negatives ran out of compiler memory (issue 10, BUILD_NOTES)
+    config.ranking.model = ml_collections.ConfigDict({
+        "stationary_dim": 50, "attention_cell": "tanh", "gate_logit_scale": 0.25, "gate_match": True,
+        "hidden_size": 32, "attention_size": 32, "recency_windows": (0.01, 0.05, 0.25)})
+    config.ranking.train = ml_collections.ConfigDict({
+        "batch_size": 256, "max_len": 32, "eval_every": 0, "decay_patience": 2, "stop_patience": 4,
+        "factor_l2": 0.01})
     return config.lock()
