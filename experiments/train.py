@@ -114,8 +114,8 @@ def main(argv):
     run_experiment(
         protocol, config=config, data_root=FLAGS.data_root, data=FLAGS.data, cut=FLAGS.cut, model=FLAGS.model,
         history=FLAGS.history, objective=FLAGS.objective, ranking_eval=FLAGS.ranking_eval,
-        baselines=tuple(FLAGS.baselines), seed=FLAGS.seed, split_seed=FLAGS.split_seed, val_mode=FLAGS.val_mode, min_len=FLAGS.min_len,
-        workdir=FLAGS.workdir, resume=FLAGS.resume, overwrite=FLAGS.overwrite,
+        baselines=tuple(FLAGS.baselines), seed=FLAGS.seed, split_seed=FLAGS.split_seed, val_mode=FLAGS.val_mode,
+        min_len=FLAGS.min_len, workdir=FLAGS.workdir, resume=FLAGS.resume, overwrite=FLAGS.overwrite,
         rating_scale=FLAGS.rating_scale and check_rating_scale(FLAGS.rating_scale),
         results_json=FLAGS.results_json, model_overrides={**model_overrides, **set_model},
         train_overrides={**train_overrides, **set_train})

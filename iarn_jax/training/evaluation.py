@@ -26,7 +26,7 @@ def predict_pairs(
 ) -> np.ndarray:
     """Predictions [N] for every pair of a PairSet, in the PairSet's order."""
     out = np.zeros(len(pairs.user), np.float32)
-    for idx, batch in eval_batches(pairs, data, config):
+    for idx, batch in eval_batches(pairs, data, config, n_devices=mesh.devices.size):
         pred = np.asarray(jax.device_get(eval_step(params, put_batch(local_rows(batch), mesh))))
         valid = idx >= 0
         out[idx[valid]] = pred[valid]
@@ -52,7 +52,7 @@ def score_pairs_with_negatives(neg_eval_step: Callable, params: Any, pairs: Any,
     n_dev = mesh.devices.size
     batch_size = max(n_dev, (cfg.eval_batch_size // (1 + k)) // n_dev * n_dev)
     positive, negative = np.zeros(n, np.float32), np.zeros((n, k), np.float32)
-    for idx, batch in eval_batches(pairs, data, cfg, batch_size):
+    for idx, batch in eval_batches(pairs, data, cfg, batch_size, n_devices=n_dev):
         valid, safe = idx >= 0, np.where(idx >= 0, idx, 0)
         batch = with_negatives(batch, negatives[safe], pairs.time[safe], data, cfg)
         pos, neg = jax.device_get(neg_eval_step(params, put_batch(local_rows(batch), mesh)))
@@ -65,7 +65,7 @@ def gate_saturation(stats_step: Callable, params: Any, pairs: Any, data: Prepare
                     mesh) -> dict:
     """Share of valid history steps whose gate is < 0.01 or > 0.99, per side, over ``pairs``."""
     totals = np.zeros((2, 2))
-    for _, batch in eval_batches(pairs, data, cfg):
+    for _, batch in eval_batches(pairs, data, cfg, n_devices=mesh.devices.size):
         totals += np.asarray(jax.device_get(stats_step(params, put_batch(local_rows(batch), mesh))))
     return {f"{side}_gates_saturated": float(totals[i, 0] / max(totals[i, 1], 1.0))
             for i, side in enumerate(("user", "item"))}

@@ -154,7 +154,9 @@ def run_experiment(
 
     is_main = jax.process_index() == 0  # JSON outputs come from process 0 only
     run_info = {"protocol": protocol, "data_root": str(data_root) if data_root else None, "data": data, "cut": cut,
-                "min_len": min_len, "split_seed": split_seed, **({"val_mode": val_mode} if val_mode != "random" else {})}
+                "min_len": min_len, "split_seed": split_seed}
+    if val_mode != "random":  # absent for the default, so runs recorded before the flag still resume
+        run_info["val_mode"] = val_mode
     if not data and protocol_kwargs != _protocol_kwargs(protocol):  # e.g. another synthetic data size
         run_info["protocol_kwargs"] = protocol_kwargs
     run_records.check_run_info(workdir, run_info, resume=resume)

@@ -141,18 +141,20 @@ def train_batches(data: PreparedData, cfg: TrainConfig, epoch: int, start: int =
         yield local_rows(batch)
 
 
-def eval_batches(pairs: Any, data: PreparedData, config: TrainConfig, batch_size: Optional[int] = None):
+def eval_batches(pairs: Any, data: PreparedData, config: TrainConfig, batch_size: Optional[int] = None,
+                 n_devices: Optional[int] = None):
     """(pair indices [B'] with -1 for padding, host batch) of every batch of ``pairs`` in a fixed order,
     histories as training sees them (``drop_self`` for "full_without_self").
 
     A bucket's last, partly filled batch is cut to :func:`trimmed_rows` rows (B' <= B): evaluation
     sets are spread over many (user, item) length buckets, and scoring full-size batches of padding
     was most of the work (Clothing validation at B = 512: 9 % of the history slots were real).
+    n_devices: the devices a batch is split over (default: all), so B' stays a multiple of it.
     """
     plan = batching.make_batch_plan(pairs, batch_size or config.eval_batch_size, shuffle=False,
                                     bucket_lengths=config.bucket_lengths, max_len=config.max_len)
     for entry in plan:
-        rows = trimmed_rows(int(np.sum(entry.indices >= 0)), len(entry.indices), jax.device_count())
+        rows = trimmed_rows(int(np.sum(entry.indices >= 0)), len(entry.indices), n_devices or jax.device_count())
         entry = dataclasses.replace(entry, indices=entry.indices[:rows])
         yield np.asarray(entry.indices), batching.materialize(
             entry, pairs, data.user_histories, data.item_histories, max_len=config.max_len,
