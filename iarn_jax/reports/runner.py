@@ -70,7 +70,7 @@ def _iarn_settings(split: ProtocolSplit, variant: str, seed: int, max_seconds: O
                                                train_overrides=train_overrides, verbose=False)
     caps = {**({"max_seconds": float(max_seconds)} if max_seconds is not None else {}),
             **({"max_len": int(max_len)} if max_len is not None else {})}
-    return model_config, dataclasses.replace(train_config, **caps) if caps else train_config
+    return model_config, dataclasses.replace(train_config, **caps)
 
 
 def train_iarn(split: ProtocolSplit, variant: str, run_dir: Optional[pathlib.Path], *, seed: int,
