@@ -60,35 +60,6 @@ def test_features_equal_the_definition():
                                rtol=1e-5)
 
 
-def test_horizon_lags_in_period_queries_and_only_those():
-    frame, (_, ih) = random_history()
-    horizon = 0.2
-    plain = ItemRecency.from_histories(ih, FRACTIONS)
-    lagged = ItemRecency.from_histories(ih, FRACTIONS, horizon=horizon)
-    span = frame["time"].max() + 1 - frame["time"].min()
-    assert lagged.lag_units == round(horizon * span) == 200
-    rng = np.random.default_rng(2)
-    items = rng.integers(0, 12, 400)
-    times = rng.integers(1000, 2300, 400)
-    lag = lagged.lag(times)
-    # a fixed function of the time, spread over [0, horizon * span)
-    np.testing.assert_array_equal(lag, lagged.lag(times.copy()))
-    assert lag.min() >= 0 and lag.max() < 200 and len(np.unique(lag)) > 150
-    assert abs(lag.mean() - 100) < 15
-    # the definition: an in-period query at t counts as an unlagged query at t - lag(t) (a plain loop);
-    # a query at or after the end of the training period is not lagged
-    in_period = times <= frame["time"].max()
-    reference = np.where(in_period, times - lag, times)
-    np.testing.assert_allclose(lagged(items, times), loop_features(frame, FRACTIONS, items, reference), rtol=1e-6)
-    np.testing.assert_array_equal(lagged(items[~in_period], times[~in_period]), plain(items[~in_period], times[~in_period]))
-    np.testing.assert_array_equal(lagged.at_end(items), plain.at_end(items))
-    assert not np.array_equal(lagged(items[in_period], times[in_period]), plain(items[in_period], times[in_period]))
-    with pytest.raises(ValueError, match="horizon"):
-        ItemRecency.from_histories(ih, FRACTIONS, horizon=1.5)
-    with pytest.raises(ValueError, match="recency_horizon"):
-        ModelConfig(recency_windows=FRACTIONS, recency_horizon=-0.1)
-
-
 def test_window_fractions_are_checked():
     _, (_, ih) = random_history()
     with pytest.raises(ValueError, match="fractions"):

@@ -12,14 +12,6 @@ latest training-period event: a training or validation pair counts the events st
 own time (never itself, never the future), a test pair or a ranking candidate counts up to the end
 of the training period, the latest knowledge a model has. Events tied with ``t`` are not counted.
 
-Horizon (``horizon`` > 0, a fraction of the span): a test pair happens some time *after* the end of
-the training period (on Clothing a median of 6 % of the training span later, up to 12.6 %), and its
-counts stop at that end; a training pair's counts stop right before it. So that training sees the
-situation the test poses, an in-period query at time ``t`` counts up to ``t - lag(t)`` instead, with
-``lag(t)`` uniform in [0, horizon * span) and a fixed function of ``t`` (a multiplicative hash: the
-same for every epoch, and shared by a positive and the negatives queried at its time). Queries at or
-after the end of the training period are not lagged (their lag is real).
-
 Why: on a global time cut the test period's interactions go mostly to items that were popular just
 before the cut (on ml100k, ranking by the count of the last 5 % of the training period gives a
 full-ranking AUC of 0.807 against 0.750 for all-time popularity); a static item bias cannot
@@ -46,8 +38,6 @@ class ItemRecency:
     windows: int64 [K] window lengths in the data's time unit.
     t_end: one past the latest event (a reference time is clipped to it).
     fractions: the windows as fractions of the span (what they were built from).
-    lag_units: the horizon in the data's time unit (0: no lag; see the module docstring).
-    horizon: the horizon as a fraction of the span (what ``lag_units`` was built from).
     """
 
     event_key: np.ndarray
@@ -56,27 +46,19 @@ class ItemRecency:
     windows: np.ndarray
     t_end: int
     fractions: tuple = ()
-    lag_units: int = 0
-    horizon: float = 0.0
 
     @classmethod
-    def from_histories(cls, item_histories: Histories, fractions: Sequence[float],
-                       horizon: float = 0.0) -> "ItemRecency":
-        """Windows ``fractions`` (each in (0, 1]) of the span of ``item_histories``' event times;
-        in-period queries lagged by up to ``horizon`` (in [0, 1]) of the span."""
+    def from_histories(cls, item_histories: Histories, fractions: Sequence[float]) -> "ItemRecency":
+        """Windows ``fractions`` (each in (0, 1]) of the span of ``item_histories``' event times."""
         fractions = tuple(float(f) for f in fractions)
         if any(not 0.0 < f <= 1.0 for f in fractions):
             raise ValueError(f"recency window fractions must be in (0, 1], got {fractions}")
-        horizon = float(horizon)
-        if not 0.0 <= horizon <= 1.0:
-            raise ValueError(f"recency horizon must be a fraction in [0, 1], got {horizon}")
         times = item_histories.time
         t0, t1 = (int(times.min()), int(times.max())) if len(times) else (0, 0)
         span = t1 + 1 - t0
         windows = np.asarray([max(1, int(round(f * span))) for f in fractions], np.int64)
         event_key, query_key = _event_keys(item_histories, times)
-        return cls(event_key, query_key, np.asarray(item_histories.offsets, np.int64), windows, t1 + 1, fractions,
-                   int(round(horizon * span)), horizon)
+        return cls(event_key, query_key, np.asarray(item_histories.offsets, np.int64), windows, t1 + 1, fractions)
 
     @property
     def n_features(self) -> int:
@@ -85,21 +67,12 @@ class ItemRecency:
     def __call__(self, items: np.ndarray, times: np.ndarray) -> np.ndarray:
         """Features float32 [n, K + 1] of ``items`` [n] at reference times ``times`` [n] (int64)."""
         items = np.asarray(items, np.int64).reshape(-1)
-        times = np.asarray(times, np.int64).reshape(-1)
-        reference = np.minimum(times, self.t_end)
-        if self.lag_units > 0:
-            reference = np.where(times < self.t_end, reference - self.lag(times), reference)
+        reference = np.minimum(np.asarray(times, np.int64).reshape(-1), self.t_end)
         before = np.searchsorted(self.event_key, self.query_key(items, reference), side="left")
         counts = [before - np.searchsorted(self.event_key, self.query_key(items, reference - w), side="left")
                   for w in self.windows]
         counts.append(before - self.offsets[items])
         return np.log1p(np.stack(counts, axis=1).astype(np.float32))
-
-    def lag(self, times: np.ndarray) -> np.ndarray:
-        """int64 [n] the lag of in-period queries at ``times`` [n]: ``floor(u(t) * lag_units)``, u(t) in
-        [0, 1) a multiplicative hash of t (Knuth's 2654435761, low 32 bits)."""
-        hashed = (np.asarray(times, np.int64).astype(np.uint64) * np.uint64(2654435761)) & np.uint64(0xFFFFFFFF)
-        return ((hashed * np.uint64(self.lag_units)) >> np.uint64(32)).astype(np.int64)
 
     def at_end(self, items: np.ndarray) -> np.ndarray:
         """Features [n, K + 1] of ``items`` at the end of the training period (test pairs, ranking)."""

@@ -159,9 +159,8 @@ def explain(source, user, item, *, params: Any = None, data: Any = None, origina
     mode = data.history_mode if pair_set in ("train", "val") else "full"
     pairs = histories.make_pairs(frame, uh, ih, mode=mode)
     windows = getattr(getattr(model, "config", None), "recency_windows", ())
-    horizon = getattr(getattr(model, "config", None), "recency_horizon", 0.0)
     batch = batching.materialize(np.array([0]), pairs, uh, ih, max_len=max_len,
-                                 recency=data.with_recency(windows, horizon).recency)
+                                 recency=data.with_recency(windows).recency)
     import jax
 
     if variables is None:
@@ -254,8 +253,7 @@ def load_run(workdir: Union[str, pathlib.Path], *, data_root: Optional[str] = No
         raise ValueError(f"{workdir}: the data loaded from run.json has {split.n_users} users / {split.n_items} "
                          f"items, the trained model {model_config.n_users} / {model_config.n_items}: "
                          "not the data this run was trained on")
-    data = prepare_data(split, train_config.history_mode).with_recency(model_config.recency_windows,
-                                                                       model_config.recency_horizon)
+    data = prepare_data(split, train_config.history_mode).with_recency(model_config.recency_windows)
     params = checkpoint.load_params(workdir / "checkpoints" / "best")
     metrics = json.loads((workdir / "results.json").read_text()) if (workdir / "results.json").exists() else {}
     return TrainResult(model_config, train_config, params, metrics, data, workdir)
@@ -277,8 +275,7 @@ def collect_gates(result, pairs_df: pd.DataFrame, *, batch_size: int = 512, hist
     import jax
 
     windows = getattr(getattr(result, "model_config", None), "recency_windows", ())
-    horizon = getattr(getattr(result, "model_config", None), "recency_horizon", 0.0)
-    data = result.data.with_recency(windows, horizon) if windows else result.data
+    data = result.data.with_recency(windows) if windows else result.data
     uh, ih = data.user_histories, data.item_histories
     max_len = result.train_config.max_len
     pairs = histories.make_pairs(pairs_df, uh, ih, mode=history_mode)

@@ -85,10 +85,6 @@ class ModelConfig:
       training period before t (each w_k a fraction of the training period's span) and before t
       overall (``iarn_jax.data.recency``); w starts at 0. Batches then carry ``item_recency``.
       () (the paper) = none.
-    recency_horizon: with recency_windows: a training or validation pair's recency features stop up to
-      this fraction of the training span *before* the pair (a fixed pseudo-random lag per pair time,
-      ``iarn_jax.data.recency``), as a test pair's stop at the end of the training period, some time
-      before it. 0 = no lag.
     """
 
     variant: str = "iarn"
@@ -117,14 +113,11 @@ class ModelConfig:
     attention_cell: str = "softplus"
     stationary_dim: int = 0
     recency_windows: tuple = ()
-    recency_horizon: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "recency_windows", tuple(float(f) for f in (self.recency_windows or ())))
         if any(not 0.0 < f <= 1.0 for f in self.recency_windows):
             raise ValueError(f"recency_windows must be fractions in (0, 1], got {self.recency_windows}")
-        if not 0.0 <= float(self.recency_horizon) <= 1.0:
-            raise ValueError(f"recency_horizon must be a fraction in [0, 1], got {self.recency_horizon}")
         if self.feature_encoder is not None and ":" in self.feature_encoder:
             self._read_legacy_encoder_name()
         if self.feature_encoder is not None and self.feature_encoder not in FEATURE_KINDS:

@@ -270,7 +270,7 @@ def load_model(path) -> ServedModel:
     empty = histories_lib.make_pairs(_empty_frame(), user_histories, item_histories)
     data = PreparedData(split=split, user_histories=user_histories, item_histories=item_histories,
                         train=empty, val=empty, test=empty, history_mode=manifest.get("history_mode", "full")
-                        ).with_recency(model_config.recency_windows, model_config.recency_horizon)
+                        ).with_recency(model_config.recency_windows)
     served = ServedModel(model_config, train_config, None, data, manifest.get("metrics", {}), path)
     like = abstract_params(served.model, served.constants)
     served.params = checkpoint.load_params(path / "params", like)

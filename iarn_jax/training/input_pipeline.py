@@ -37,16 +37,15 @@ class PreparedData:
     history_mode: str
     recency: Optional[ItemRecency] = None  # the item recency features the model reads, if any
 
-    def with_recency(self, fractions: Sequence[float], horizon: float = 0.0) -> "PreparedData":
+    def with_recency(self, fractions: Sequence[float]) -> "PreparedData":
         """This data with the item recency features of window ``fractions`` (``ModelConfig.recency_windows``;
-        empty: none) and in-period lag ``horizon`` (``ModelConfig.recency_horizon``), counted over the
-        training-period item histories."""
+        empty: none), counted over the training-period item histories."""
         fractions = tuple(fractions or ())
         if not fractions:
             return self if self.recency is None else dataclasses.replace(self, recency=None)
-        if self.recency is not None and (self.recency.fractions, self.recency.horizon) == (fractions, float(horizon)):
+        if self.recency is not None and self.recency.fractions == fractions:
             return self
-        return dataclasses.replace(self, recency=ItemRecency.from_histories(self.item_histories, fractions, horizon))
+        return dataclasses.replace(self, recency=ItemRecency.from_histories(self.item_histories, fractions))
 
 
 def prepare_data(split: ProtocolSplit, history_mode: str = "full") -> PreparedData:

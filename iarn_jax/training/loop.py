@@ -366,7 +366,7 @@ def train(
     cfg = train_config
     model_config = complete_model_config(model_config, split)
     data = (data if data is not None else prepare_data(split, cfg.history_mode)).with_recency(
-        model_config.recency_windows, model_config.recency_horizon)
+        model_config.recency_windows)
     if len(data.train.user) == 0 or len(data.val.user) == 0:
         raise ValueError(f"protocol {split.name!r}: empty training or validation split")
     workdir = pathlib.Path(workdir) if workdir is not None else None
