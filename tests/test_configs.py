@@ -3,7 +3,8 @@ per-protocol dicts of ``training/experiment.py`` had (golden file recorded on co
 ml100k / mlsmall start at HieVH and train jointly with the time-aware item bias: validated changes
 of issues 10 / 11, their golden entries regenerated; Clothing has a ranking setting (issue 10; causal
 histories since session 7), ml100k / mlsmall one since session 7 (sampled softmax, 15 epochs), and
-Clothing stops after 20 validations without improvement (issue 12))."""
+Clothing stops after 20 validations without improvement (issue 12); Clothing has a joint setting
+(session 8, its golden entries generated then))."""
 from __future__ import annotations
 
 import dataclasses
@@ -173,6 +174,11 @@ def test_ranking_fields_apply_only_to_the_ranking_objective():
                                        ("ranking", 16, 32)):
         model, train = build_configs(config, split, objective=objective, verbose=False)
         assert (model.hidden_size, train.max_len) == (hidden, max_len), objective
+    # the joint fields likewise; a section that names its objective keeps its own selection metric
+    config.joint.train = {"max_len": 24, "objective": "joint", "val_metric": "rmse"}
+    for objective, max_len, selection in ((None, None, "rmse"), ("ranking", 32, "auc"), ("joint", 24, "rmse")):
+        _, train = build_configs(config, split, objective=objective, verbose=False)
+        assert (train.max_len, train.selection_metric) == (max_len, selection), objective
     # an explicit override still wins over the ranking fields
     model, _ = build_configs(config, split, objective="ranking", model_overrides={"hidden_size": 8}, verbose=False)
     assert model.hidden_size == 8

@@ -6,7 +6,8 @@ Each file's ``get_config()`` returns a locked ``ConfigDict``: ``model`` and ``tr
 field of :class:`~iarn_jax.models.config.ModelConfig` / :class:`~iarn_jax.training.config.TrainConfig`
 except those a run sets itself (``variant``: ``--model``; ``seed``: ``--seed``; the data sizes), plus
 ``protocol``, ``protocol_kwargs`` (extra arguments of ``load_protocol``), ``derive_from_data`` and
-``ranking`` (``model`` / ``train`` fields used instead when a run's objective is "ranking").
+``ranking`` / ``joint`` (``model`` / ``train`` fields used instead when a run's objective is "ranking" /
+"joint" and the config's own objective is not).
 The repository's top-level ``configs/*.py`` re-export these files for ``--config=configs/X.py``;
 the package copy is what an installed ``iarn_jax`` (and ``--protocol=X``) uses.
 """

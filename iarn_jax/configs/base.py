@@ -40,4 +40,6 @@ def get_config(protocol: str) -> ml_collections.ConfigDict:
     # model / train fields that replace the ones above when a run's objective is "ranking" and the
     # config's own objective is not (a protocol's ranking setting); empty: the same setting
     config.ranking = ml_collections.ConfigDict({"model": {}, "train": {}})
+    # likewise when a run's objective is "joint" (a protocol's joint setting)
+    config.joint = ml_collections.ConfigDict({"model": {}, "train": {}})
     return config

@@ -52,8 +52,8 @@ def config_settings(config: ml_collections.ConfigDict, split: ProtocolSplit, *, 
                     verbose: bool = True, objective: Optional[str] = None) -> tuple[dict, dict]:
     """(model, train) keyword arguments of ModelConfig / TrainConfig from ``config``: with
     ``derive_from_data``, the fields of :func:`derived_defaults` (printed when ``verbose``); with
-    ``objective="ranking"`` (and a config of another objective), the config's ``ranking`` fields on
-    top; gate options the ``variant`` does not have are left out (their dataclass default: off)."""
+    ``objective="ranking"`` or ``"joint"`` (and a config of another objective), the config's ``ranking`` /
+    ``joint`` fields on top; gate options the ``variant`` does not have are left out (their dataclass default: off)."""
     model, train = config.model.to_dict(), config.train.to_dict()
     if config.derive_from_data:
         derived_model, derived_train, text = derived_defaults(split)
@@ -61,9 +61,9 @@ def config_settings(config: ml_collections.ConfigDict, split: ProtocolSplit, *, 
         train.update(derived_train)
         if verbose:
             print(text, flush=True)
-    if objective == "ranking" and train.get("objective", "rating") != "ranking" and "ranking" in config:
-        model.update(config.ranking.model.to_dict())
-        train.update(config.ranking.train.to_dict())
+    if objective in ("ranking", "joint") and train.get("objective", "rating") != objective and objective in config:
+        model.update(config[objective].model.to_dict())
+        train.update(config[objective].train.to_dict())
     for option, variants in GATE_OPTION_VARIANTS.items():
         if variant not in variants:
             model.pop(option, None)
