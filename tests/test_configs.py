@@ -2,9 +2,9 @@
 per-protocol dicts of ``training/experiment.py`` had (golden file recorded on commit fbfaff2; since then
 ml100k / mlsmall start at HieVH and train jointly with the time-aware item bias: validated changes
 of issues 10 / 11, their golden entries regenerated; Clothing has a ranking setting (issue 10; causal
-histories since session 7), ml100k / mlsmall one since session 7 (sampled softmax, 15 epochs), and
-Clothing stops after 20 validations without improvement (issue 12); Clothing has a joint setting
-(session 8, its golden entries generated then))."""
+histories since session 7, the BCE loss since session 10), ml100k / mlsmall one since session 7
+(sampled softmax, 15 epochs), and Clothing stops after 20 validations without improvement (issue 12);
+Clothing has a joint setting (session 8, its golden entries generated then))."""
 from __future__ import annotations
 
 import dataclasses

@@ -21,13 +21,15 @@ def get_config() -> ml_collections.ConfigDict:
     # histories: a training pair sees only the events before it (as a test pair does), so the towers
     # cannot learn an item's future raters; full-ranking AUC 0.715 +- 0.001 (seeds 0-2) against 0.62-0.65
     # with whole histories. No static biases (popularity only through the item's recent counts and the
-    # factors): validation AUC above the biased model's on seeds 0-2, test AUC 0.717 +- 0.000 (session 7)
+    # factors): validation AUC above the biased model's on seeds 0-2, test AUC 0.717 +- 0.000 (session 7).
+    # BCE over the 4 negatives instead of BPR: validation sampled AUC higher on each of seeds 0-2 (0.6713
+    # vs 0.6699 mean), test AUC 0.718 +- 0.004 (session 10). The joint setting keeps BPR.
     capped_model = {"stationary_dim": 50, "attention_cell": "tanh", "gate_logit_scale": 0.25, "gate_match": True,
                     "hidden_size": 32, "attention_size": 32, "recency_windows": (0.01, 0.05, 0.25)}
     capped_train = {"batch_size": 256, "max_len": 32, "eval_every": 0, "decay_patience": 2, "stop_patience": 4,
                     "factor_l2": 0.01, "history_mode": "causal"}
     config.ranking.model = ml_collections.ConfigDict({**capped_model, "bias": "none"})
-    config.ranking.train = ml_collections.ConfigDict(capped_train)
+    config.ranking.train = ml_collections.ConfigDict({**capped_train, "ranking_loss": "bce"})
     # --objective=joint: MSE + 0.1 x BPR over 4 negatives with the ranking setting's model (static
     # biases kept: they carry the ratings), causal histories capped at 32, started at MF, selected on
     # val RMSE. Test RMSE 1.0633 +- 0.0013 (seeds 0-2) against the rating IARN's 1.0609: within the
