@@ -181,3 +181,20 @@ def test_run_experiment_validates_on_the_latest_pairs_with_temporal_val_mode(tmp
     split = result.data.split
     assert split.val["time"].min() >= split.train["time"].max()
     assert json.loads((tmp_path / "w" / "run.json").read_text())["val_mode"] == "temporal"
+
+
+@pytest.mark.slow  # trains a model end to end: ~20-45 s on this 2-core machine
+def test_run_experiment_prints_no_rmse_for_a_ranking_only_model(tmp_path, capsys):
+    """A model trained on sampled negatives alone scores items, not ratings: the summary line says
+    its RMSE is not meaningful instead of printing one, and still gives the full-ranking metrics."""
+    from iarn_jax.training.experiment import run_experiment
+
+    metrics, _ = run_experiment(
+        "synthetic", objective="ranking", workdir=tmp_path / "w", baselines=(), ranking_eval=True,
+        model_overrides=dict(embed_dim=8, hidden_size=8, attention_size=8, stationary_dim=0),
+        train_overrides=dict(max_steps=2, eval_every=2, max_len=8, bucket_lengths=(8,), batch_size=32,
+                             eval_batch_size=64, factor_init="random"))
+    summary = [line for line in capsys.readouterr().out.splitlines() if "ranking objective" in line]
+    assert len(summary) == 1, summary
+    assert "test RMSE n/a" in summary[0] and f"{metrics['test_rmse']:.4f}" not in summary[0]
+    assert f"full-ranking AUC {metrics['full_auc']:.4f}" in summary[0]
