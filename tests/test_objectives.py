@@ -259,6 +259,7 @@ def test_factor_baseline_start_predicts_exactly_the_baseline(tiny_split, objecti
     np.testing.assert_allclose(np.asarray(pred), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # trains a model end to end: ~20-45 s on this 2-core machine
 def test_hievh_start_predicts_exactly_hievh(tiny_split):
     """factor_init="hievh": the model starts at HieVH trained on the training pairs (no refit), its
     category factors and biases folded into q_i and b_i: the same predictions."""

@@ -166,6 +166,7 @@ def test_custom_protocol_matches_named_and_checksum():
         custom_protocol("ml100k", path, "1999-01-01")
 
 
+@pytest.mark.slow  # trains a model end to end: ~20-45 s on this 2-core machine
 def test_run_experiment_validates_on_the_latest_pairs_with_temporal_val_mode(tmp_path):
     """--val_mode=temporal reaches the split: the run's validation pairs are the training period's
     latest, none of them trained on, and run.json records the mode."""

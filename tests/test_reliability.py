@@ -300,7 +300,7 @@ def _train_main(argv, capsys) -> tuple[int, str]:
     train_cli.define_flags()  # launchers define their flags when run (once per process)
     FLAGS.unparse_flags()
     try:
-        rest = _cli.parse_flags(["train", *argv])
+        rest = _cli.parse_flags(["train", "--nocompilation_cache", *argv])  # never touch ~/.cache from a test
         code = _run_guarded(lambda _: train_cli.main(rest), capsys)
     except SystemExit as exit_:
         code = (exit_.code, capsys.readouterr().err)

@@ -89,6 +89,7 @@ def test_save_load_in_fresh_process_gives_same_predictions_and_top_k(variant, tm
         assert loaded["top"][str(user)] == recommend(result, user, k=10)["item"].tolist()
 
 
+@pytest.mark.slow  # trains a model end to end: ~20-45 s on this 2-core machine
 def test_feature_encoder_model_saves_loads_and_serves(tmp_path):
     """A model with item-feature encoders on both sides: the loaded model rebuilds its feature tables
     from the saved features and predicts, ranks, serves a new user and explains as the trained one."""
