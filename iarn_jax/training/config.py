@@ -126,6 +126,11 @@ class TrainConfig:
         return self.objective != "rating"
 
     @property
+    def predicts_ratings(self) -> bool:
+        """Whether predictions are ratings (every objective but "ranking"), so RMSE is defined."""
+        return self.objective != "ranking"
+
+    @property
     def selection_metric(self) -> str:
         """The validation metric of early stopping and lr decay: "rmse" or "auc"."""
         if self.val_metric != "auto":

@@ -91,8 +91,8 @@ class Validator:
 
     @property
     def rates(self) -> bool:
-        """Whether predictions are ratings (every objective but "ranking"), so RMSE is defined."""
-        return self.cfg.objective != "ranking"
+        """Whether predictions are ratings, so RMSE is defined (TrainConfig.predicts_ratings)."""
+        return self.cfg.predicts_ratings
 
     def metrics(self, params: Any) -> dict:
         """{"rmse": val RMSE (rating objectives), "auc": sampled val AUC (with negatives)}."""

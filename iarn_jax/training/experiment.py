@@ -186,10 +186,10 @@ def run_experiment(
     if verbose and is_main:
         shown = "  |  ".join(f"{BASELINE_NAMES[key]} RMSE {values['rmse']:.4f}" for key, values in reference.items())
         line = f"\n{name} / {model} ({train_config.objective} objective, {train_config.history_mode} histories): "
-        if train_config.objective == "ranking":  # trained on sampled negatives only: its scores are not ratings
-            line += "test RMSE n/a (a ranking model's scores are not ratings)"
-        else:
+        if train_config.predicts_ratings:
             line += f"test RMSE {metrics['test_rmse']:.4f} (MAE {metrics['test_mae']:.4f})"
+        else:
+            line += "test RMSE n/a (a ranking model's scores are not ratings)"
         if ranking:
             line += (f", full-ranking AUC {ranking['full_auc']:.4f} NDCG@10 {ranking['full_ndcg10']:.4f} "
                      f"HR@10 {ranking['full_hr10']:.4f} ({ranking['full_n_users']} users)")
