@@ -488,3 +488,35 @@ def test_long_history_with_large_inputs_stays_finite(cell, options):
     pred, aux = model.apply({"params": params}, batch)
     finite = bool(np.isfinite(np.asarray(pred)).all() and np.isfinite(np.asarray(aux["user_gates"])).all())
     assert finite == (cell == "tanh")
+
+
+def test_feature_factors_add_the_mean_feature_factor_to_q_i():
+    """feature_factors: q_i -> q_i + mean_f c_f over the item's distinct features (none: q_i), against
+    the NumPy reference run with those factors; the user side and scorer path see the same."""
+    from iarn_jax.models.features import COLLECTION
+    from iarn_jax.models.iarn import initialize
+
+    n_features, s = 4, 3
+    flat = np.full((N_ITEMS, 3), -1, np.int32)  # item 0: no feature; item 1: {0, 2}; item 6: {3}
+    flat[1, :2], flat[6, 0] = (0, 2), 3
+    constants = {COLLECTION: {"flat": flat, "paths": flat[:, None, :]}}
+    cfg = make_config("iarn", bias="none", attention_cell="tanh", stationary_dim=s, feature_factors=True)
+    batch = make_batch()  # items 1, 0, 6
+    model = IARN(cfg, n_features=n_features)
+    params = jax.tree.map(np.asarray, initialize(model, jax.random.key(0), batch, constants))
+    np.testing.assert_array_equal(params["item_tower"]["feature_factor"], np.zeros((n_features, s)))  # starts as plain
+    assert "feature_factor" not in params["user_tower"]
+    c = np.random.default_rng(3).normal(size=(n_features, s)).astype(np.float32)
+    params["item_tower"]["feature_factor"] = c
+    pred, aux = model.apply({"params": params, **constants}, batch)
+    reference_params = jax.tree.map(np.copy, params)
+    q = reference_params["item_tower"]["stationary_factor"]
+    q[1] += (c[0] + c[2]) / 2
+    q[6] += c[3]
+    ref_pred, *_ = numpy_forward(reference_params, cfg, batch)
+    np.testing.assert_allclose(np.asarray(pred), ref_pred, rtol=1e-5, atol=1e-5)
+    assert np.abs(np.asarray(pred) - numpy_forward(params, cfg, batch)[0])[[0, 2]].min() > 1e-3  # the term matters
+    with pytest.raises(ValueError, match="feature_factors"):
+        model.apply({"params": params}, batch)  # without the feature tables
+    with pytest.raises(ValueError, match="stationary_dim"):
+        make_config("iarn", feature_factors=True)

@@ -195,7 +195,9 @@ class RankingScorer:
 
         def represent(module, encoding):
             tower = module.user_tower if side == "user" else module.item_tower
-            return tower.represent(encoding.final_state, encoding.entity), tower.bias(encoding.entity, encoding.recency)
+            representation = tower.represent(encoding.final_state, encoding.entity,
+                                             feature_tables=module.feature_tables())
+            return representation, tower.bias(encoding.entity, encoding.recency)
 
         def fn(variables, entity, ids, ratings, mask, *recency):
             encoding = self._encode_fn(side)(variables, entity, ids, ratings, mask, *recency)

@@ -85,6 +85,10 @@ class ModelConfig:
       training period before t (each w_k a fraction of the training period's span) and before t
       overall (``iarn_jax.data.recency``); w starts at 0. Batches then carry ``item_recency``.
       () (the paper) = none.
+    feature_factors: not in the paper: with stationary factors, an item's factor is
+      ``q_i + mean_f c_f`` over its distinct item features f (a per-feature factor c_f [S], starting
+      at 0; SVDFeature-style sharing), so items rated rarely inherit their categories' factor. Needs
+      item features (the ``"features"`` tables, as a feature encoder does). False (the paper) = none.
     """
 
     variant: str = "iarn"
@@ -113,6 +117,7 @@ class ModelConfig:
     attention_cell: str = "softplus"
     stationary_dim: int = 0
     recency_windows: tuple = ()
+    feature_factors: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "recency_windows", tuple(float(f) for f in (self.recency_windows or ())))
@@ -143,6 +148,9 @@ class ModelConfig:
             raise ValueError(f"unknown attention_cell {self.attention_cell!r}; choose one of {ATTENTION_CELLS}")
         if self.stationary_dim < 0:
             raise ValueError(f"stationary_dim must be >= 0, got {self.stationary_dim}")
+        if self.feature_factors and not self.stationary_dim:
+            raise ValueError("feature_factors adds feature factors to the stationary item factors: "
+                             "set stationary_dim > 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -156,6 +164,11 @@ class ModelConfig:
             if field != "feature_encoder" and current != defaults[field] and current != value:
                 raise ValueError(f"{field}={current!r} contradicts feature_encoder={name!r}")
             object.__setattr__(self, field, value)
+
+    @property
+    def reads_item_features(self) -> bool:
+        """Whether the model reads the item feature tables (a feature encoder or feature factors)."""
+        return self.feature_encoder is not None or self.feature_factors
 
     @property
     def gated(self) -> bool:

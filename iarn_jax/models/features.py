@@ -133,13 +133,15 @@ class FeatureData:
 
 
 def feature_data_for(config: ModelConfig, dataset: Dataset) -> Optional[FeatureData]:
-    """The dataset's feature tables when the config names an encoder (None without one); an error
-    when the data has no item features."""
-    if config.feature_encoder is None:
+    """The dataset's feature tables when the config reads them (a feature encoder or feature
+    factors; None otherwise); an error when the data has no item features."""
+    if not config.reads_item_features:
         return None
     data = FeatureData.from_dataset(dataset)
     if data is None:
-        raise ValueError(f"feature_encoder={config.feature_encoder!r} but dataset {dataset.name!r} has no item features")
+        reader = (f"feature_encoder={config.feature_encoder!r}" if config.feature_encoder is not None
+                  else "feature_factors=True")
+        raise ValueError(f"{reader} but dataset {dataset.name!r} has no item features")
     return data
 
 

@@ -152,6 +152,9 @@ class Tower(nn.Module):
         if cfg.stationary_dim:
             self.stationary_factor = self.param(
                 "stationary_factor", nn.initializers.normal(0.01), (n_entities, cfg.stationary_dim))
+        if cfg.feature_factors and self.side == "item":
+            self.feature_factor = self.param(
+                "feature_factor", nn.initializers.zeros_init(), (self.n_features, cfg.stationary_dim))
         if cfg.recency_windows and self.side == "item":
             self.recency_weight = self.param(
                 "recency_weight", nn.initializers.zeros_init(), (len(cfg.recency_windows) + 1,))
@@ -250,9 +253,12 @@ class Tower(nn.Module):
         return final_state, gates
 
     def represent(self, final_state: jax.Array, entity: Optional[jax.Array] = None, *,
+                  feature_tables: Optional[Mapping[str, jax.Array]] = None,
                   deterministic: bool = True) -> jax.Array:
         """dropout(h_T) -> PReLU(W h + b) [m, h]; with stationary factors, [PReLU(...) ; p_entity]
-        [m, h + S] (so the inner product of two representations adds <p_u, q_i>; ``entity`` [m])."""
+        [m, h + S] (so the inner product of two representations adds <p_u, q_i>; ``entity`` [m]).
+        With ``feature_factors`` the item side's q_i is q_i + the mean of its features' factors
+        (``feature_tables["flat"]`` [n_items, K], -1 = no feature)."""
         h = self.state_dropout(final_state, deterministic=deterministic)
         z = matmul(h, self.head_kernel, resolve_dtype(self.config.compute_dtype)) + self.head_bias
         representation = jnp.where(z >= 0, z, self.prelu_slope * z)
@@ -260,9 +266,23 @@ class Tower(nn.Module):
             if entity is None:
                 raise ValueError("a model with stationary factors needs the entity ids to represent")
             factor = jnp.take(self.stationary_factor, entity, axis=0)
+            if self.config.feature_factors and self.side == "item":
+                factor = factor + self.mean_feature_factor(entity, feature_tables)
             factor = jnp.broadcast_to(factor, representation.shape[:-1] + factor.shape[-1:])
             representation = jnp.concatenate([representation, factor.astype(representation.dtype)], axis=-1)
         return representation
+
+    def mean_feature_factor(self, item: jax.Array, feature_tables: Optional[Mapping[str, jax.Array]]) -> jax.Array:
+        """Mean of the items' feature factors [m, S] over their distinct features (0 for an item
+        without features); ``item`` [m]."""
+        if feature_tables is None:
+            raise ValueError("feature_factors reads the item feature tables: pass feature_tables "
+                             "(IARN.feature_tables())")
+        features = jnp.take(feature_tables["flat"], item, axis=0)  # [m, K], -1 = none
+        valid = (features >= 0).astype(jnp.float32)
+        factors = jnp.take(self.feature_factor, jnp.maximum(features, 0), axis=0)  # [m, K, S]
+        total = jnp.einsum("mk,mks->ms", valid, factors)
+        return total / jnp.maximum(valid.sum(axis=-1, keepdims=True), 1.0)
 
     def bias(self, entity: jax.Array, recency: Optional[jax.Array] = None) -> jax.Array:
         """Per-entity scalar bias [n] (zeros when the config has no biases), plus the item tower's
@@ -301,12 +321,14 @@ class IARN(nn.Module):
 
     def feature_tables(self) -> Optional[dict]:
         """The ``"features"`` collection ({"flat": [n_items, K], "paths": [n_items, P, L]}); None
-        without a feature encoder."""
-        if self.config.feature_encoder is None:
+        when the config reads no item features."""
+        if not self.config.reads_item_features:
             return None
         if not self.has_variable(FEATURES, "flat"):
+            reader = (f"feature_encoder={self.config.feature_encoder!r}" if self.config.feature_encoder is not None
+                      else "feature_factors=True")
             raise ValueError(
-                f"feature_encoder={self.config.feature_encoder!r} reads the item feature tables from the "
+                f"{reader} reads the item feature tables from the "
                 f"{FEATURES!r} collection: apply(model_variables(params, constants), ...) and "
                 "initialize(model, rng, batch, constants) with constants = "
                 "feature_variables(FeatureData.from_dataset(dataset)) (iarn_jax.models.features)")
@@ -356,7 +378,8 @@ class IARN(nn.Module):
         user_state, user_gates = self.user_tower.pair_state(user_encoding, item_encoding)
         item_state, item_gates = self.item_tower.pair_state(item_encoding, user_encoding)
         user_repr = self.user_tower.represent(user_state, user_encoding.entity, deterministic=deterministic)
-        item_repr = self.item_tower.represent(item_state, item_encoding.entity, deterministic=deterministic)
+        item_repr = self.item_tower.represent(item_state, item_encoding.entity, feature_tables=self.feature_tables(),
+                                              deterministic=deterministic)
         bias = (self.user_tower.bias(user_encoding.entity)
                 + self.item_tower.bias(item_encoding.entity, item_encoding.recency))
         if self.config.bias == "global_user_item":

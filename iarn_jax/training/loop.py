@@ -72,17 +72,17 @@ class TrainResult:
 
 
 def build_model(model_config: ModelConfig, split: ProtocolSplit) -> IARN:
-    """IARN sized for the split's item features when the config names a feature encoder (the
-    tables themselves are :func:`model_constants`)."""
-    if model_config.feature_encoder is None:
+    """IARN sized for the split's item features when the config reads them (a feature encoder or
+    feature factors; the tables themselves are :func:`model_constants`)."""
+    if not model_config.reads_item_features:
         return IARN(model_config)
     return IARN(model_config, n_features=feature_data_for(model_config, split.dataset).n_features)
 
 
 def model_constants(model_config: ModelConfig, split: ProtocolSplit) -> dict:
-    """The non-trainable variables ``IARN.apply`` reads next to the parameters: {} without a feature
-    encoder, else {"features": {"flat": [n_items, K], "paths": [n_items, P, L]}} (int32)."""
-    if model_config.feature_encoder is None:
+    """The non-trainable variables ``IARN.apply`` reads next to the parameters: {} when the config
+    reads no item features, else {"features": {"flat": [n_items, K], "paths": [n_items, P, L]}} (int32)."""
+    if not model_config.reads_item_features:
         return {}
     return feature_variables(feature_data_for(model_config, split.dataset))
 
