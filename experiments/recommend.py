@@ -50,11 +50,14 @@ def parse_history_flag(text: str) -> list:
     return rows
 
 
-def format_recommendations(frame, explain: bool) -> str:
+def format_recommendations(frame, explain: bool, predicts_ratings: bool = True) -> str:
+    """One line per recommendation (plus its reasons with ``explain``); a ranking-trained model's
+    scores are labelled "score", not "predicted" (they are not ratings)."""
+    label = "predicted" if predicts_ratings else "score"
     lines = []
     for row in frame.itertuples(index=False):
         name = getattr(row, "title", None) or f"item {row.item}"
-        lines.append(f"{row.rank:>3}. {name}  (item {row.item}, predicted {row.score:.2f})")
+        lines.append(f"{row.rank:>3}. {name}  (item {row.item}, {label} {row.score:.2f})")
         if explain:
             if row.because:
                 lines.append(f"       because you rated: {row.because}")
@@ -97,7 +100,9 @@ def main(argv):
     who = f"user {FLAGS.user}" if FLAGS.user is not None else "a new user"
     extra = f" + {len(history)} new rating(s)" if history and FLAGS.user is not None else ""
     print(f"top {len(frame)} for {who}{extra}:")
-    print(format_recommendations(frame, FLAGS.explain))
+    train_config = getattr(model, "train_config", None)
+    print(format_recommendations(frame, FLAGS.explain,
+                                 predicts_ratings=train_config is None or train_config.predicts_ratings))
     return 0
 
 

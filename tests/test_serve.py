@@ -272,3 +272,13 @@ def test_unknown_user_gets_zero_stationary_factors_and_mean_bias():
                                   served.params["user_tower"]["stationary_factor"])
     assert params["user_tower"]["entity_bias"][-1] == pytest.approx(served.params["user_tower"]["entity_bias"].mean())
     np.testing.assert_array_equal(params["item_tower"]["stationary_factor"], served.params["item_tower"]["stationary_factor"])
+
+
+def test_recommend_cli_labels_a_ranking_models_scores_as_scores_not_predictions():
+    from experiments.recommend import format_recommendations
+
+    frame = pd.DataFrame({"rank": [1, 2], "item": ["50", "172"], "score": [4.25, 3.5]})
+    rating_text = format_recommendations(frame, explain=False)
+    ranking_text = format_recommendations(frame, explain=False, predicts_ratings=False)
+    assert rating_text.splitlines() == ["  1. item 50  (item 50, predicted 4.25)", "  2. item 172  (item 172, predicted 3.50)"]
+    assert ranking_text.splitlines() == ["  1. item 50  (item 50, score 4.25)", "  2. item 172  (item 172, score 3.50)"]

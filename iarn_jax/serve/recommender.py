@@ -9,7 +9,8 @@ Every function takes a ``TrainResult`` (``iarn_jax.train``) or a loaded model
     ratings = predict(model, "196", ["50", "172"])                  # predicted ratings
     why = explain(model, "196", "50")                               # Explanation (gates of both sides)
 
-Scores are the model's predicted ratings (unclipped; biases included), computed with the users' and
+Scores are the model's predicted ratings (unclipped; biases included; for a model trained with
+``objective="ranking"`` they order items but are not ratings), computed with the users' and
 items' whole training-period histories. A history given at request time (``history=``) is scored
 without retraining: for a new user it is her whole history; for an existing user it extends her
 training history. The item side always reads its training-period history (see
