@@ -207,6 +207,30 @@ def test_bpr_learns_planted_groups_and_mostpop_counts():
     assert pop_result["auc"] < result["auc"] - 0.2
 
 
+def test_bpr_feature_factors_fold_into_item_factors_as_a_numpy_loop_does():
+    from iarn_jax.models.baselines.bpr import fold_features, make_loss_fn
+
+    rng = np.random.default_rng(0)
+    flat = np.array([[0, 2], [1, -1], [-1, -1], [2, -1]])  # item 2 has no feature
+    params = {"user_factors": rng.normal(size=(3, 4)), "item_factors": rng.normal(size=(4, 4)),
+              "item_bias": rng.normal(size=4), "feature_factors": rng.normal(size=(3, 4)),
+              "feature_bias": rng.normal(size=3)}
+    folded = fold_features(params, flat)
+    assert set(folded) == {"user_factors", "item_factors", "item_bias"}
+    for i in range(4):
+        fs = [f for f in flat[i] if f >= 0]
+        q = params["item_factors"][i] + (np.mean([params["feature_factors"][f] for f in fs], 0) if fs else 0)
+        b = params["item_bias"][i] + (np.mean([params["feature_bias"][f] for f in fs]) if fs else 0)
+        np.testing.assert_allclose(folded["item_factors"][i], q, rtol=1e-6)
+        np.testing.assert_allclose(folded["item_bias"][i], b, rtol=1e-6)
+    # the training loss scores with the folded parameters (reg 0: the loss is -log sigmoid(x_ui - x_uj))
+    batch = {"user": np.array([0, 2]), "item": np.array([0, 2]), "negative": np.array([1, 3]), "weight": np.ones(2)}
+    loss = make_loss_fn(0.0, 0.0, jnp.asarray(flat))({k: jnp.asarray(v, jnp.float32) for k, v in params.items()}, batch)
+    x = [folded["item_bias"][i] - folded["item_bias"][j] + folded["user_factors"][u] @ (folded["item_factors"][i] - folded["item_factors"][j])
+         for u, i, j in zip(batch["user"], batch["item"], batch["negative"])]
+    np.testing.assert_allclose(float(loss), np.mean(np.log1p(np.exp(-np.array(x)))), rtol=1e-5)
+
+
 # --------------------------------------------------------------- TimeSVD++
 def test_deviation_and_day_clock():
     np.testing.assert_allclose(deviation(np.array([10.0, 2.0, 5.0]), np.array([2.0, 10.0, 5.0]), 0.4), [8**0.4, -(8**0.4), 0.0], rtol=1e-6)

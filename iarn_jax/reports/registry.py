@@ -65,6 +65,8 @@ METHODS: dict[str, Method] = {
     "bias": _baseline("BiasOnly", "bias", "BiasBaseline"),
     "mostpop": _baseline("MostPop", "bpr", "MostPop"),
     "recentpop": _baseline("RecentPop", "bpr", "RecentPop"),
+    # BPR with item-feature factors: the peer of IARN's feature_factors on data with item features
+    "bpr_features": _baseline("BPR+features", "bpr", "BPR", feature_factors=True),
 }
 TABLE2_METHODS = ("mf", "bpr", "timesvdpp", "hievh", "item2vec", "ncf", "mp2vec", "rnn", "lstm", "tagm", "iarn",
                   # beyond the paper: a modern sequential ranking peer, recent popularity (the strongest

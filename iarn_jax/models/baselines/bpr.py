@@ -13,6 +13,11 @@ up to ``val_users`` sampled validation users over the items of train ∪ val,
 minus the user's training items (``data.candidates.RankingTask``, ``common.ranking_auc``); the best
 early-stopped model is kept.
 
+``feature_factors=True`` (the ``bpr_features`` row; a peer for IARN's ``feature_factors``): every item
+also gets the mean of its item features' factors and biases, ``q_i + mean_f c_f`` and
+``b_i + mean_f d_f`` (c_f, d_f start at 0, unregularised: each is shared by many items); after the fit
+they are folded into the item factors and biases, so scoring is unchanged.
+
 Cold items: an item never seen in the fit data has no learned factors; with
 ``unseen_last=True`` (default) it is ranked below every seen item (score =
 the row's lowest seen-item score minus 1), otherwise it scores 0.
@@ -22,6 +27,7 @@ MostPop scores an item by its number of interactions in ``split.history``
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Optional, Sequence
 
@@ -76,15 +82,43 @@ def init_params(n_users: int, n_items: int, factors: int, init_std: float, seed:
     }
 
 
-def make_loss_fn(reg: float, reg_bias: float):
+def feature_means(params: dict, flat_features, items):
+    """(mean feature factor [n, k], mean feature bias [n]) of ``items`` [n] over their features
+    (``flat_features`` int [n_items, K], -1 = none; zeros for an item without features)."""
+    xp = jnp if isinstance(params["feature_factors"], jax.Array) else np
+    features = flat_features[items]
+    valid = (features >= 0).astype(np.float32)
+    count = xp.maximum(valid.sum(-1), 1.0)
+    safe = xp.maximum(features, 0)
+    factor = (params["feature_factors"][safe] * valid[..., None]).sum(-2) / count[..., None]
+    bias = (params["feature_bias"][safe] * valid).sum(-1) / count
+    return factor, bias
+
+
+def fold_features(params: dict, flat_features) -> dict:
+    """Plain BPR parameters (user_factors, item_factors, item_bias) with the feature terms folded in."""
+    if "feature_factors" not in params:
+        return params
+    factor, bias = feature_means(params, flat_features, np.arange(params["item_factors"].shape[0]))
+    return {"user_factors": params["user_factors"], "item_factors": params["item_factors"] + factor,
+            "item_bias": params["item_bias"] + bias}
+
+
+def make_loss_fn(reg: float, reg_bias: float, flat_features=None):
+    def item_terms(params, items):
+        q, b = params["item_factors"][items], params["item_bias"][items]
+        if flat_features is None:
+            return q, q, b
+        factor, bias = feature_means(params, flat_features, items)
+        return q + factor, q, b + bias
+
     def loss_fn(params, batch):
         p_u = params["user_factors"][batch["user"]]
-        q_i = params["item_factors"][batch["item"]]
-        q_j = params["item_factors"][batch["negative"]]
-        b_i = params["item_bias"][batch["item"]]
-        b_j = params["item_bias"][batch["negative"]]
+        q_i, own_q_i, b_i = item_terms(params, batch["item"])
+        q_j, own_q_j, b_j = item_terms(params, batch["negative"])
         x_uij = b_i - b_j + jnp.sum(p_u * (q_i - q_j), axis=-1)
-        penalty = reg * (jnp.sum(p_u**2, -1) + jnp.sum(q_i**2, -1) + jnp.sum(q_j**2, -1)) + reg_bias * (b_i**2 + b_j**2)
+        penalty = (reg * (jnp.sum(p_u**2, -1) + jnp.sum(own_q_i**2, -1) + jnp.sum(own_q_j**2, -1))
+                   + reg_bias * (params["item_bias"][batch["item"]]**2 + params["item_bias"][batch["negative"]]**2))
         return common.weighted_mean(-jax.nn.log_sigmoid(x_uij) + penalty, batch["weight"])
 
     return loss_fn
@@ -114,8 +148,12 @@ class BPR:
         *,
         grid: Optional[Sequence[dict]] = None,
         unseen_last: bool = True,
+        feature_factors: bool = False,
         **config,
     ):
+        self.feature_factors = feature_factors
+        if feature_factors:
+            self.name = "BPR+features"
         self.factors = factors
         self.config = common.with_defaults("BPR", DEFAULTS, config)
         self.grid = grid
@@ -139,6 +177,17 @@ class BPR:
         keys = np.unique(users * n_items + items)
         host_rng = np.random.default_rng(seed)
         item_seen = common.seen_mask(items, n_items)
+        params = init_params(n_users, n_items, self.factors, config["init_std"], seed)
+        flat_features = None
+        if self.feature_factors:
+            from iarn_jax.models.features import FeatureData
+
+            data = FeatureData.from_dataset(split.dataset)
+            if data is None:
+                raise ValueError(f"BPR(feature_factors=True): dataset {split.dataset.name!r} has no item features")
+            flat_features = data.flat
+            params["feature_factors"] = jnp.zeros((data.n_features, self.factors), jnp.float32)
+            params["feature_bias"] = jnp.zeros((data.n_features,), jnp.float32)
 
         def data_fn(epoch):
             return {"negative": sample_negatives(users, item_pool, keys, n_items, host_rng).astype(np.int32)}
@@ -152,12 +201,13 @@ class BPR:
             seen = item_seen if self.unseen_last else None
 
             def val_score_fn(host_params):
-                return common.ranking_auc(task, lambda u, i: factor_scores(host_params, u, i, seen))
+                folded = fold_features(host_params, flat_features)
+                return common.ranking_auc(task, lambda u, i: factor_scores(folded, u, i, seen))
 
         reg_bias = config["reg"] if config["reg_bias"] is None else config["reg_bias"]
         result = common.fit_early_stopping(
-            init_params(n_users, n_items, self.factors, config["init_std"], seed),
-            make_loss_fn(config["reg"], reg_bias),
+            params,
+            make_loss_fn(config["reg"], reg_bias, None if flat_features is None else jnp.asarray(flat_features)),
             common.make_optimizer(config["optimizer"], config["lr"]),
             {"user": users.astype(np.int32), "item": items.astype(np.int32)},
             val_score_fn,
@@ -171,6 +221,8 @@ class BPR:
             verbose=verbose > 1,
             label=self.name,
         )
+        if flat_features is not None:
+            result = dataclasses.replace(result, params=fold_features(result.params, flat_features))
         return result, item_seen
 
     def fit(self, split: ProtocolSplit, *, seed: int = 0, verbose: bool | int = True) -> "BPR":
