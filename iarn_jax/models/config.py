@@ -171,6 +171,13 @@ class ModelConfig:
         return self.feature_encoder is not None or self.feature_factors
 
     @property
+    def item_feature_reader(self) -> str:
+        """The setting that makes the model read item features, for error messages."""
+        if self.feature_encoder is not None:
+            return f"feature_encoder={self.feature_encoder!r}"
+        return "feature_factors=True"
+
+    @property
     def gated(self) -> bool:
         return self.variant in ("iarn", "tagm")
 

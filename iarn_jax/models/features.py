@@ -139,9 +139,7 @@ def feature_data_for(config: ModelConfig, dataset: Dataset) -> Optional[FeatureD
         return None
     data = FeatureData.from_dataset(dataset)
     if data is None:
-        reader = (f"feature_encoder={config.feature_encoder!r}" if config.feature_encoder is not None
-                  else "feature_factors=True")
-        raise ValueError(f"{reader} but dataset {dataset.name!r} has no item features")
+        raise ValueError(f"{config.item_feature_reader} but dataset {dataset.name!r} has no item features")
     return data
 
 

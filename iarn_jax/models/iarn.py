@@ -325,10 +325,8 @@ class IARN(nn.Module):
         if not self.config.reads_item_features:
             return None
         if not self.has_variable(FEATURES, "flat"):
-            reader = (f"feature_encoder={self.config.feature_encoder!r}" if self.config.feature_encoder is not None
-                      else "feature_factors=True")
             raise ValueError(
-                f"{reader} reads the item feature tables from the "
+                f"{self.config.item_feature_reader} reads the item feature tables from the "
                 f"{FEATURES!r} collection: apply(model_variables(params, constants), ...) and "
                 "initialize(model, rng, batch, constants) with constants = "
                 "feature_variables(FeatureData.from_dataset(dataset)) (iarn_jax.models.features)")

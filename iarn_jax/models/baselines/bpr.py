@@ -106,19 +106,21 @@ def fold_features(params: dict, flat_features) -> dict:
 
 def make_loss_fn(reg: float, reg_bias: float, flat_features=None):
     def item_terms(params, items):
+        """(scored factor, scored bias, regularised factor, regularised bias) of ``items``: the item's
+        own q, b plus, with feature factors, its features' means (those are not regularised)."""
         q, b = params["item_factors"][items], params["item_bias"][items]
         if flat_features is None:
-            return q, q, b
+            return q, b, q, b
         factor, bias = feature_means(params, flat_features, items)
-        return q + factor, q, b + bias
+        return q + factor, b + bias, q, b
 
     def loss_fn(params, batch):
         p_u = params["user_factors"][batch["user"]]
-        q_i, own_q_i, b_i = item_terms(params, batch["item"])
-        q_j, own_q_j, b_j = item_terms(params, batch["negative"])
+        q_i, b_i, own_q_i, own_b_i = item_terms(params, batch["item"])
+        q_j, b_j, own_q_j, own_b_j = item_terms(params, batch["negative"])
         x_uij = b_i - b_j + jnp.sum(p_u * (q_i - q_j), axis=-1)
         penalty = (reg * (jnp.sum(p_u**2, -1) + jnp.sum(own_q_i**2, -1) + jnp.sum(own_q_j**2, -1))
-                   + reg_bias * (params["item_bias"][batch["item"]]**2 + params["item_bias"][batch["negative"]]**2))
+                   + reg_bias * (own_b_i**2 + own_b_j**2))
         return common.weighted_mean(-jax.nn.log_sigmoid(x_uij) + penalty, batch["weight"])
 
     return loss_fn
