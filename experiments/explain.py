@@ -7,7 +7,7 @@ On the work directory of a finished ``python -m experiments.train --workdir=DIR`
   python -m experiments.explain --workdir=runs/ml100k --json
   python -m experiments.explain --workdir=runs/mine --data=ml-dat:/data/ml-1m --cut=2002-01-01
 
---user / --item are the source's original ids; --data_root / --data / --cut default to the run's. Prints the predicted rating and both histories
+--user / --item are the source's original ids; --data_root / --data / --cut default to the run's. Prints the predicted rating (a ranking model's score) and both histories
 (user: items, item: users) with each step's gate; --png writes the Figure-5 style picture (needs
 matplotlib); --json prints the explanation as JSON instead of text.
 """

@@ -1,6 +1,7 @@
 """Serving: save / load in a fresh process, recommend, new users without retraining, explain, quiet CLI."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import pathlib
@@ -282,3 +283,20 @@ def test_recommend_cli_labels_a_ranking_models_scores_as_scores_not_predictions(
     ranking_text = format_recommendations(frame, explain=False, predicts_ratings=False)
     assert rating_text.splitlines() == ["  1. item 50  (item 50, predicted 4.25)", "  2. item 172  (item 172, predicted 3.50)"]
     assert ranking_text.splitlines() == ["  1. item 50  (item 50, score 4.25)", "  2. item 172  (item 172, score 3.50)"]
+
+
+def test_explanation_of_a_ranking_model_labels_its_prediction_a_score(result):
+    """A ranking model's output is a score, not a rating: the explanation says so (text and kind);
+    a rating model's says "predicted rating". The objective comes from the training config."""
+    user = _some_users(result, 1)[0]
+    item = int(recommend(result, user, k=1)["item"].iloc[0])
+    rating_view = explain(result, user, item)
+    ranking_result = dataclasses.replace(
+        result, train_config=dataclasses.replace(result.train_config, objective="ranking", history_mode="full_without_self"))
+    ranking_view = explain(ranking_result, user, item)
+    assert (rating_view.prediction_kind, ranking_view.prediction_kind) == ("rating", "score")
+    assert ranking_view.prediction == pytest.approx(rating_view.prediction)
+    assert "predicted rating" in rating_view.format() and "ranking score" not in rating_view.format()
+    assert "ranking score" in ranking_view.format() and "predicted rating" not in ranking_view.format()
+    served = iarn_jax.serve.ServedModel.from_result(ranking_result)
+    assert explain(served, user, item).prediction_kind == "score"

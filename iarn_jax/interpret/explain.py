@@ -57,6 +57,7 @@ class Explanation:
     item_steps: list
     user_history_length: int
     item_history_length: int
+    prediction_kind: str = "rating"  # "rating" (rating / joint objectives) or "score" (ranking: not a rating)
 
     def to_dict(self) -> dict:
         return jsonio.jsonable(dataclasses.asdict(self))
@@ -70,7 +71,8 @@ class Explanation:
                 + (f" {self.item_title!r}" if self.item_title else "")
                 + (f" [{_features_text(self.item_features)}]" if self.item_features else ""))
         rating = f", observed {self.rating:g} ({self.pair_set})" if self.rating is not None else ""
-        lines = [head, f"predicted rating {self.prediction:.3f}{rating}"]
+        label = "predicted rating" if self.prediction_kind == "rating" else "ranking score"
+        lines = [head, f"{label} {self.prediction:.3f}{rating}"]
         for label, steps, total in (("user history (items)", self.user_steps, self.user_history_length),
                                     ("item history (users)", self.item_steps, self.item_history_length)):
             shown = steps if max_steps is None else steps[-max_steps:]
@@ -126,13 +128,16 @@ def _find_pair(split, user: int, item: int):
 
 
 def explain(source, user, item, *, params: Any = None, data: Any = None, original_ids: bool = False,
-            max_len: Optional[int] = None, variables: Optional[dict] = None) -> Explanation:
+            max_len: Optional[int] = None, variables: Optional[dict] = None,
+            objective: Optional[str] = None) -> Explanation:
     """Prediction and per-step gates of both histories for one pair (see the module doc).
 
     source: a TrainResult, or an IARN model (then ``params`` and ``data`` = PreparedData), or a
       tuple ``(model, params, data)``.
     user, item: contiguous ids, or original ids with ``original_ids=True``.
     max_len: keep the most recent steps (default: the training config's max_len, else all).
+    objective: the model's training objective (default: the training config's, else "rating"); a
+      "ranking" model's prediction is a score, not a rating (``Explanation.prediction_kind``).
     """
     if isinstance(source, tuple):
         source, params, data = source
@@ -140,6 +145,8 @@ def explain(source, user, item, *, params: Any = None, data: Any = None, origina
         model, params, data = source.model, source.params, source.data
         if max_len is None:
             max_len = source.train_config.max_len
+        if objective is None:
+            objective = source.train_config.objective
     else:
         model = source
         if params is None or data is None:
@@ -207,6 +214,7 @@ def explain(source, user, item, *, params: Any = None, data: Any = None, origina
         user_steps=steps(uh, user, int(pairs.user_len[0]), int(pairs.user_self[0]), user_gates, "user"),
         item_steps=steps(ih, item, int(pairs.item_len[0]), int(pairs.item_self[0]), item_gates, "item"),
         user_history_length=int(pairs.user_len[0]), item_history_length=int(pairs.item_len[0]),
+        prediction_kind="score" if objective == "ranking" else "rating",
     )
 
 

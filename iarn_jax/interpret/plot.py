@@ -79,7 +79,8 @@ def plot_explanation(explanation, path, *, max_steps: int = 20, label_width: int
     head = title or (
         f"{explanation.model}: user {explanation.user_original_id} -> "
         + (f"'{explanation.item_title}'" if explanation.item_title else f"item {explanation.item_original_id}")
-        + f"   predicted {explanation.prediction:.2f}"
+        + ("   predicted " if explanation.prediction_kind == "rating" else "   score ")
+        + f"{explanation.prediction:.2f}"
         + (f", observed {explanation.rating:g}" if explanation.rating is not None else "")
     )
     fig.suptitle(head, fontsize=11)

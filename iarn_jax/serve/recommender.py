@@ -284,7 +284,8 @@ def explain(model, user=None, item=None, *, history=None):
         user_ids = np.asarray(list(np.asarray(dataset.user_ids).tolist()) + ["(new user)"], dtype=object)
         data = dataclasses.replace(data, split=dataclasses.replace(
             data.split, dataset=dataclasses.replace(dataset, user_ids=user_ids)))
-    return explain_pair((net, params, data), row, item_row, max_len=served.train_config.max_len)
+    return explain_pair((net, params, data), row, item_row, max_len=served.train_config.max_len,
+                        objective=served.train_config.objective)
 
 
 __all__ = ["candidate_items", "explain", "gates", "predict", "recommend", "recommend_many"]
