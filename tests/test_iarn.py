@@ -520,3 +520,36 @@ def test_feature_factors_add_the_mean_feature_factor_to_q_i():
         model.apply({"params": params}, batch)  # without the feature tables
     with pytest.raises(ValueError, match="stationary_dim"):
         make_config("iarn", feature_factors=True)
+
+
+def test_feature_bias_adds_the_mean_feature_bias_to_b_i():
+    """feature_bias: b_i -> b_i + mean_f c_f over the item's distinct features (none: b_i), against
+    the NumPy reference run with those biases; the scorer's per-item bias equals the pair path's."""
+    from iarn_jax.models.features import COLLECTION
+    from iarn_jax.models.iarn import initialize
+
+    n_features = 4
+    flat = np.full((N_ITEMS, 3), -1, np.int32)  # item 0: no feature; item 1: {0, 2}; item 6: {3}
+    flat[1, :2], flat[6, 0] = (0, 2), 3
+    constants = {COLLECTION: {"flat": flat, "paths": flat[:, None, :]}}
+    cfg = make_config("iarn", attention_cell="tanh", feature_bias=True)
+    batch = make_batch()  # items 1, 0, 6
+    model = IARN(cfg, n_features=n_features)
+    params = jax.tree.map(np.asarray, initialize(model, jax.random.key(0), batch, constants))
+    np.testing.assert_array_equal(params["item_tower"]["feature_bias"], np.zeros(n_features))  # starts as plain
+    assert "feature_bias" not in params["user_tower"]
+    c = np.random.default_rng(4).normal(size=n_features).astype(np.float32)
+    params["item_tower"]["feature_bias"] = c
+    pred, aux = model.apply({"params": params, **constants}, batch)
+    reference_params = jax.tree.map(np.copy, params)
+    b = reference_params["item_tower"]["entity_bias"]
+    b[1] += (c[0] + c[2]) / 2
+    b[6] += c[3]
+    ref_pred, *_ = numpy_forward(reference_params, cfg, batch)
+    np.testing.assert_allclose(np.asarray(pred), ref_pred, rtol=1e-5, atol=1e-5)
+    shift = np.asarray(pred) - numpy_forward(params, cfg, batch)[0]
+    np.testing.assert_allclose(shift, [(c[0] + c[2]) / 2, 0.0, c[3]], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="feature_bias"):
+        model.apply({"params": params}, batch)  # without the feature tables
+    with pytest.raises(ValueError, match="feature_bias"):
+        make_config("iarn", bias="none", feature_bias=True)

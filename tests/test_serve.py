@@ -300,3 +300,19 @@ def test_explanation_of_a_ranking_model_labels_its_prediction_a_score(result):
     assert "ranking score" in ranking_view.format() and "predicted rating" not in ranking_view.format()
     served = iarn_jax.serve.ServedModel.from_result(ranking_result)
     assert explain(served, user, item).prediction_kind == "score"
+
+
+def test_feature_bias_model_saves_loads_and_ranks_with_its_category_biases(tmp_path):
+    """feature_bias: the loaded model rebuilds the feature tables and predicts / ranks as the trained
+    one, and the full-ranking scorer includes the category biases (its scores = the pair path's)."""
+    result = _trained("tagm", (("feature_bias", True),))
+    biases = np.asarray(result.params["item_tower"]["feature_bias"])
+    assert np.abs(biases).max() > 1e-3  # started at the hierarchical bias model, not at 0
+    loaded = iarn_jax.load_model(iarn_jax.save_model(result, tmp_path / "model"))
+    assert loaded.model_config.feature_bias
+    user = _some_users(result, 1)[0]
+    items = [int(i) for i in result.data.split.test["item"].unique()[:20]]
+    np.testing.assert_allclose(loaded.predict(user, items), predict(result, user, items), atol=1e-6)
+    top = recommend(result, user, k=5)
+    assert loaded.recommend(user, k=5)["item"].tolist() == top["item"].tolist()
+    np.testing.assert_allclose(top["score"].to_numpy(), predict(result, user, top["item"].tolist()), atol=1e-4)

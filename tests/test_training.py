@@ -171,6 +171,39 @@ def test_bias_init_starts_at_the_bias_only_model(small_split):
     np.testing.assert_allclose(np.asarray(pred), expected_bias + dot, rtol=1e-5, atol=1e-4)
 
 
+def test_tuned_feature_bias_start_is_the_validation_chosen_hierarchical_bias_model(small_split):
+    """bias_init="tuned" with feature_bias: the model's bias terms start at BiasBaseline(features=True)
+    fitted on the training pairs with the grid's (reg_user, reg_item) of lowest validation RMSE, which
+    is checked here against every grid point refitted by hand."""
+    from iarn_jax.evaluate import metrics
+    from iarn_jax.models.baselines.bias import REG_GRID, BiasBaseline
+    from iarn_jax.models.features import COLLECTION
+
+    config = loop.complete_model_config(
+        dataclasses.replace(TINY_MODEL, bias="global_user_item", feature_bias=True), small_split)
+    data, batch = _fixed_batch(small_split)
+    model = loop.build_model(config, small_split)
+    constants = loop.model_constants(config, small_split)
+    params = loop.initialize(model, jax.random.PRNGKey(0), batch, constants)
+    params = loop.init_biases_from_baseline(params, small_split, config, tuned=True)
+    _, aux = model.apply({"params": params, **constants}, batch)
+
+    train, val = small_split.train, small_split.val
+    flat = constants[COLLECTION]["flat"]
+    scores = {}
+    for reg_user, reg_item in REG_GRID:
+        fitted = BiasBaseline(reg_user, reg_item, features=True).fit_arrays(
+            train["user"].to_numpy(), train["item"].to_numpy(), train["rating"].to_numpy(np.float64),
+            small_split.n_users, small_split.n_items, item_features=flat)
+        scores[reg_user, reg_item] = (metrics.rmse(fitted.predict(val["user"].to_numpy(), val["item"].to_numpy()),
+                                                   val["rating"].to_numpy(), small_split.rating_scale), fitted)
+    chosen = min(scores, key=lambda k: scores[k][0])
+    assert len({round(v[0], 6) for v in scores.values()}) > 1  # the grid matters on this data
+    best = scores[chosen][1]
+    np.testing.assert_allclose(np.asarray(aux["bias"]), best.predict(batch["user"], batch["item"]), rtol=1e-5, atol=1e-5)
+    assert np.abs(best.feature_bias).max() > 1e-3  # the feature biases take part
+
+
 def test_trimmed_rows_hand_worked():
     from iarn_jax.training.input_pipeline import trimmed_rows
 

@@ -197,7 +197,8 @@ class RankingScorer:
             tower = module.user_tower if side == "user" else module.item_tower
             representation = tower.represent(encoding.final_state, encoding.entity,
                                              feature_tables=module.feature_tables())
-            return representation, tower.bias(encoding.entity, encoding.recency)
+            return representation, tower.bias(encoding.entity, encoding.recency,
+                                              feature_tables=module.feature_tables())
 
         def fn(variables, entity, ids, ratings, mask, *recency):
             encoding = self._encode_fn(side)(variables, entity, ids, ratings, mask, *recency)

@@ -89,6 +89,10 @@ class ModelConfig:
       ``q_i + mean_f c_f`` over its distinct item features f (a per-feature factor c_f [S], starting
       at 0; SVDFeature-style sharing), so items rated rarely inherit their categories' factor. Needs
       item features (the ``"features"`` tables, as a feature encoder does). False (the paper) = none.
+    feature_bias: not in the paper: the item bias is ``b_i + mean_f c_f`` over the item's distinct
+      features (a scalar c_f per feature, starting at 0), so an item rated rarely inherits its
+      categories' mean residual. Needs an item bias (``bias`` != "none") and item features.
+      False (the paper) = none.
     """
 
     variant: str = "iarn"
@@ -118,6 +122,7 @@ class ModelConfig:
     stationary_dim: int = 0
     recency_windows: tuple = ()
     feature_factors: bool = False
+    feature_bias: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "recency_windows", tuple(float(f) for f in (self.recency_windows or ())))
@@ -151,6 +156,9 @@ class ModelConfig:
         if self.feature_factors and not self.stationary_dim:
             raise ValueError("feature_factors adds feature factors to the stationary item factors: "
                              "set stationary_dim > 0")
+        if self.feature_bias and self.bias == "none":
+            raise ValueError("feature_bias adds feature biases to the item bias: set bias to "
+                             "'user_item' or 'global_user_item', not 'none'")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -167,15 +175,16 @@ class ModelConfig:
 
     @property
     def reads_item_features(self) -> bool:
-        """Whether the model reads the item feature tables (a feature encoder or feature factors)."""
-        return self.feature_encoder is not None or self.feature_factors
+        """Whether the model reads the item feature tables (a feature encoder, feature factors or
+        feature biases)."""
+        return self.feature_encoder is not None or self.feature_factors or self.feature_bias
 
     @property
     def item_feature_reader(self) -> str:
         """The setting that makes the model read item features, for error messages."""
         if self.feature_encoder is not None:
             return f"feature_encoder={self.feature_encoder!r}"
-        return "feature_factors=True"
+        return "feature_factors=True" if self.feature_factors else "feature_bias=True"
 
     @property
     def gated(self) -> bool:

@@ -155,6 +155,8 @@ class Tower(nn.Module):
         if cfg.feature_factors and self.side == "item":
             self.feature_factor = self.param(
                 "feature_factor", nn.initializers.zeros_init(), (self.n_features, cfg.stationary_dim))
+        if cfg.feature_bias and self.side == "item":
+            self.feature_bias = self.param("feature_bias", nn.initializers.zeros_init(), (self.n_features,))
         if cfg.recency_windows and self.side == "item":
             self.recency_weight = self.param(
                 "recency_weight", nn.initializers.zeros_init(), (len(cfg.recency_windows) + 1,))
@@ -275,22 +277,20 @@ class Tower(nn.Module):
     def mean_feature_factor(self, item: jax.Array, feature_tables: Optional[Mapping[str, jax.Array]]) -> jax.Array:
         """Mean of the items' feature factors [m, S] over their distinct features (0 for an item
         without features); ``item`` [m]."""
-        if feature_tables is None:
-            raise ValueError("feature_factors reads the item feature tables: pass feature_tables "
-                             "(IARN.feature_tables())")
-        features = jnp.take(feature_tables["flat"], item, axis=0)  # [m, K], -1 = none
-        valid = (features >= 0).astype(jnp.float32)
-        factors = jnp.take(self.feature_factor, jnp.maximum(features, 0), axis=0)  # [m, K, S]
-        total = jnp.einsum("mk,mks->ms", valid, factors)
-        return total / jnp.maximum(valid.sum(axis=-1, keepdims=True), 1.0)
+        return _mean_over_features(self.feature_factor, item, feature_tables, "feature_factors")
 
-    def bias(self, entity: jax.Array, recency: Optional[jax.Array] = None) -> jax.Array:
-        """Per-entity scalar bias [n] (zeros when the config has no biases), plus the item tower's
-        time-aware part w . recency when the config has ``recency_windows`` (``recency`` [n, K + 1])."""
+    def bias(self, entity: jax.Array, recency: Optional[jax.Array] = None, *,
+             feature_tables: Optional[Mapping[str, jax.Array]] = None) -> jax.Array:
+        """Per-entity scalar bias [n] (zeros when the config has no biases), plus on the item side
+        the mean of the item's feature biases (``feature_bias``; ``feature_tables`` as for
+        :meth:`represent`) and the time-aware part w . recency when the config has
+        ``recency_windows`` (``recency`` [n, K + 1])."""
         if self.config.bias == "none":
             bias = jnp.zeros(entity.shape, jnp.float32)
         else:
             bias = jnp.take(self.entity_bias, entity, axis=0)
+        if self.config.feature_bias and self.side == "item":
+            bias = bias + _mean_over_features(self.feature_bias[:, None], entity, feature_tables, "feature_bias")[..., 0]
         if self.config.recency_windows and self.side == "item":
             if recency is None:
                 raise ValueError(
@@ -299,6 +299,19 @@ class Tower(nn.Module):
                     "materialize(..., recency=ItemRecency.from_histories(item_histories, recency_windows))")
             bias = bias + jnp.sum(recency.astype(jnp.float32) * self.recency_weight, axis=-1)
         return bias
+
+
+def _mean_over_features(table: jax.Array, item: jax.Array, feature_tables: Optional[Mapping[str, jax.Array]],
+                        setting: str) -> jax.Array:
+    """Mean of ``table`` [F, S] rows over each item's distinct features -> [m, S] (0 for an item
+    without features); ``item`` [m]; ``feature_tables["flat"]`` [n_items, K], -1 = no feature."""
+    if feature_tables is None:
+        raise ValueError(f"{setting} reads the item feature tables: pass feature_tables (IARN.feature_tables())")
+    features = jnp.take(feature_tables["flat"], item, axis=0)  # [m, K], -1 = none
+    valid = (features >= 0).astype(jnp.float32)
+    rows = jnp.take(table, jnp.maximum(features, 0), axis=0)  # [m, K, S]
+    total = jnp.einsum("mk,mks->ms", valid, rows)
+    return total / jnp.maximum(valid.sum(axis=-1, keepdims=True), 1.0)
 
 
 class IARN(nn.Module):
@@ -379,7 +392,8 @@ class IARN(nn.Module):
         item_repr = self.item_tower.represent(item_state, item_encoding.entity, feature_tables=self.feature_tables(),
                                               deterministic=deterministic)
         bias = (self.user_tower.bias(user_encoding.entity)
-                + self.item_tower.bias(item_encoding.entity, item_encoding.recency))
+                + self.item_tower.bias(item_encoding.entity, item_encoding.recency,
+                                       feature_tables=self.feature_tables()))
         if self.config.bias == "global_user_item":
             bias = bias + self.config.global_mean
         prediction = jnp.sum(user_repr * item_repr, axis=-1) + bias

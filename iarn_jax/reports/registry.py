@@ -63,6 +63,10 @@ METHODS: dict[str, Method] = {
     "iarn_joint": Method(name="IARN (joint)", kind="iarn", variant="iarn", objective="joint"),
     # extra references (not in the paper's table)
     "bias": _baseline("BiasOnly", "bias", "BiasBaseline"),
+    # the bias model with its regularisation chosen on validation, and with category biases too: the
+    # peers of IARN's bias_init="tuned" and feature_bias
+    "bias_tuned": _baseline("BiasOnly (tuned)", "bias", "BiasBaseline", tuned=True),
+    "bias_features": _baseline("BiasOnly+features", "bias", "BiasBaseline", features=True, tuned=True),
     "mostpop": _baseline("MostPop", "bpr", "MostPop"),
     "recentpop": _baseline("RecentPop", "bpr", "RecentPop"),
     # BPR with item-feature factors: the peer of IARN's feature_factors on data with item features

@@ -29,7 +29,10 @@ class TrainConfig:
     bias_init: with a model that has bias terms, "baseline" starts the per-user
       and per-item biases at the regularised bias-only (BaselineOnly ALS) solution
       fitted on the training pairs, so the recurrent towers learn the residual;
-      "zeros" starts them at 0.
+      "tuned" starts them at the same model with (reg_user, reg_item) chosen on the
+      validation pairs (``BiasBaseline(tuned=True).select``; Surprise's defaults shrink
+      short user histories too hard); "zeros" starts them at 0. With the model's
+      ``feature_bias`` the start has the same feature biases.
     objective: "rating" (MSE on observed ratings), "ranking" (implicit feedback: every
       training pair is a positive, ``n_negatives`` sampled negatives per positive,
       ``ranking_loss``), "joint" (MSE + ``joint_weight`` * ranking loss) or
@@ -116,8 +119,8 @@ class TrainConfig:
             raise ValueError("factor_l2 and joint_weight must be >= 0")
         if self.batch_size <= 0 or self.eval_batch_size <= 0:
             raise ValueError("batch sizes must be positive")
-        if self.bias_init not in ("baseline", "zeros"):
-            raise ValueError(f"bias_init must be 'baseline' or 'zeros', got {self.bias_init!r}")
+        if self.bias_init not in ("baseline", "tuned", "zeros"):
+            raise ValueError(f"bias_init must be 'baseline', 'tuned' or 'zeros', got {self.bias_init!r}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
 

@@ -97,19 +97,29 @@ def complete_model_config(model_config: ModelConfig, split: ProtocolSplit) -> Mo
     )
 
 
-def init_biases_from_baseline(params: Any, split: ProtocolSplit, model_config: ModelConfig) -> Any:
+def init_biases_from_baseline(params: Any, split: ProtocolSplit, model_config: ModelConfig, *,
+                              tuned: bool = False) -> Any:
     """Sets the per-user / per-item bias parameters to the BaselineOnly ALS solution.
 
     The ALS fit uses split.train only (validation stays unseen). With a
     "global_user_item" model the global mean is the config's global_mean (the
     train mean), which is also the ALS mu, so the model starts at the bias-only
     predictor plus the towers' inner product.
+
+    ``tuned``: its (reg_user, reg_item) chosen on the validation pairs (``BiasBaseline.select``,
+    fitted on the training pairs). With ``feature_bias`` the fit has the same feature biases
+    (``BiasBaseline(features=True)``), and the model's start is that hierarchical bias model.
     """
     from iarn_jax.models.baselines.bias import BiasBaseline
 
     train = split.train
-    base = BiasBaseline().fit_arrays(train["user"].to_numpy(), train["item"].to_numpy(),
-                                     train["rating"].to_numpy(np.float64), split.n_users, split.n_items)
+    features = feature_data_for(model_config, split.dataset) if model_config.feature_bias else None
+    base = BiasBaseline(features=features is not None, tuned=tuned)
+    if tuned:
+        base.select(split)
+    else:
+        base.fit_arrays(train["user"].to_numpy(), train["item"].to_numpy(), train["rating"].to_numpy(np.float64),
+                        split.n_users, split.n_items, item_features=None if features is None else features.flat)
     # Without a global term ("user_item"), each side carries half of mu, as the
     # reference code initialises each bias to half the entity's mean rating.
     half_mu = 0.0 if model_config.bias == "global_user_item" else base.mu / 2
@@ -117,6 +127,10 @@ def init_biases_from_baseline(params: Any, split: ProtocolSplit, model_config: M
     for tower, values in (("user_tower", base.b_user + half_mu), ("item_tower", base.b_item + half_mu)):
         side = dict(params[tower])
         side["entity_bias"] = jax.numpy.asarray(values, side["entity_bias"].dtype)
+        if tower == "item_tower" and features is not None:  # ids beyond the data's largest: 0
+            values = np.zeros(side["feature_bias"].shape)
+            values[: base.feature_bias.size] = base.feature_bias
+            side["feature_bias"] = jax.numpy.asarray(values, side["feature_bias"].dtype)
         params[tower] = side
     return params
 
@@ -164,6 +178,8 @@ def _set_factors(params: Any, user_factors, item_factors, user_bias=None, item_b
         side["stationary_factor"] = jax.numpy.asarray(factors, side["stationary_factor"].dtype)
         if bias is not None and "entity_bias" in side:
             side["entity_bias"] = jax.numpy.asarray(bias, side["entity_bias"].dtype)
+            if "feature_bias" in side:  # the baseline's biases alone: start exactly at its predictions
+                side["feature_bias"] = jax.numpy.zeros_like(side["feature_bias"])
         params[tower] = side
     return params
 
@@ -328,8 +344,8 @@ def init_params(model: IARN, split: ProtocolSplit, data: PreparedData, cfg: Trai
         data.train, data.user_histories, data.item_histories, max_len=cfg.max_len, recency=data.recency,
     )
     params = jax.jit(lambda r, b, c: initialize(model, r, b, c, deterministic=True))(rng, first, constants or {})
-    if model_config.bias != "none" and cfg.bias_init == "baseline":
-        params = init_biases_from_baseline(params, split, model_config)
+    if model_config.bias != "none" and cfg.bias_init in ("baseline", "tuned"):
+        params = init_biases_from_baseline(params, split, model_config, tuned=cfg.bias_init == "tuned")
     baseline = {"baseline": "mf" if cfg.objective in ("rating", "joint") else None,
                 "hievh": "hievh" if cfg.objective != "ranking" else None,
                 "bpr": "bpr" if cfg.objective == "ranking" else None}.get(cfg.factor_init)
