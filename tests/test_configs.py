@@ -4,7 +4,8 @@ ml100k / mlsmall start at HieVH and train jointly with the time-aware item bias:
 of issues 10 / 11, their golden entries regenerated; Clothing has a ranking setting (issue 10; causal
 histories since session 7, the BCE loss since session 10), ml100k / mlsmall one since session 7
 (sampled softmax, 15 epochs), and Clothing stops after 20 validations without improvement (issue 12);
-Clothing has a joint setting (session 8, its golden entries generated then))."""
+Clothing has a joint setting (session 8, its golden entries generated then); Clothing's rating setting
+has category biases (issue 11, session 13: feature_bias added to its default entries))."""
 from __future__ import annotations
 
 import dataclasses
