@@ -490,20 +490,30 @@ def test_long_history_with_large_inputs_stays_finite(cell, options):
     assert finite == (cell == "tanh")
 
 
-def test_feature_factors_add_the_mean_feature_factor_to_q_i():
-    """feature_factors: q_i -> q_i + mean_f c_f over the item's distinct features (none: q_i), against
-    the NumPy reference run with those factors; the user side and scorer path see the same."""
+N_TABLE_FEATURES = 4
+
+
+def _model_with_feature_tables(cfg):
+    """(model, its initial params as NumPy, the "features" constants, a batch of items 1, 0, 6) for a
+    config that reads item features; item 0 has no feature, item 1 {0, 2}, item 6 {3}."""
     from iarn_jax.models.features import COLLECTION
     from iarn_jax.models.iarn import initialize
 
-    n_features, s = 4, 3
-    flat = np.full((N_ITEMS, 3), -1, np.int32)  # item 0: no feature; item 1: {0, 2}; item 6: {3}
+    flat = np.full((N_ITEMS, 3), -1, np.int32)
     flat[1, :2], flat[6, 0] = (0, 2), 3
     constants = {COLLECTION: {"flat": flat, "paths": flat[:, None, :]}}
-    cfg = make_config("iarn", bias="none", attention_cell="tanh", stationary_dim=s, feature_factors=True)
-    batch = make_batch()  # items 1, 0, 6
-    model = IARN(cfg, n_features=n_features)
+    batch = make_batch()
+    model = IARN(cfg, n_features=N_TABLE_FEATURES)
     params = jax.tree.map(np.asarray, initialize(model, jax.random.key(0), batch, constants))
+    return model, params, constants, batch
+
+
+def test_feature_factors_add_the_mean_feature_factor_to_q_i():
+    """feature_factors: q_i -> q_i + mean_f c_f over the item's distinct features (none: q_i), against
+    the NumPy reference run with those factors; the user side and scorer path see the same."""
+    n_features, s = N_TABLE_FEATURES, 3
+    cfg = make_config("iarn", bias="none", attention_cell="tanh", stationary_dim=s, feature_factors=True)
+    model, params, constants, batch = _model_with_feature_tables(cfg)
     np.testing.assert_array_equal(params["item_tower"]["feature_factor"], np.zeros((n_features, s)))  # starts as plain
     assert "feature_factor" not in params["user_tower"]
     c = np.random.default_rng(3).normal(size=(n_features, s)).astype(np.float32)
@@ -524,18 +534,10 @@ def test_feature_factors_add_the_mean_feature_factor_to_q_i():
 
 def test_feature_bias_adds_the_mean_feature_bias_to_b_i():
     """feature_bias: b_i -> b_i + mean_f c_f over the item's distinct features (none: b_i), against
-    the NumPy reference run with those biases; the scorer's per-item bias equals the pair path's."""
-    from iarn_jax.models.features import COLLECTION
-    from iarn_jax.models.iarn import initialize
-
-    n_features = 4
-    flat = np.full((N_ITEMS, 3), -1, np.int32)  # item 0: no feature; item 1: {0, 2}; item 6: {3}
-    flat[1, :2], flat[6, 0] = (0, 2), 3
-    constants = {COLLECTION: {"flat": flat, "paths": flat[:, None, :]}}
+    the NumPy reference run with those biases (the scorer path: tests/test_serve.py)."""
+    n_features = N_TABLE_FEATURES
     cfg = make_config("iarn", attention_cell="tanh", feature_bias=True)
-    batch = make_batch()  # items 1, 0, 6
-    model = IARN(cfg, n_features=n_features)
-    params = jax.tree.map(np.asarray, initialize(model, jax.random.key(0), batch, constants))
+    model, params, constants, batch = _model_with_feature_tables(cfg)
     np.testing.assert_array_equal(params["item_tower"]["feature_bias"], np.zeros(n_features))  # starts as plain
     assert "feature_bias" not in params["user_tower"]
     c = np.random.default_rng(4).normal(size=n_features).astype(np.float32)

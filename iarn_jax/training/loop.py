@@ -116,7 +116,7 @@ def init_biases_from_baseline(params: Any, split: ProtocolSplit, model_config: M
     features = feature_data_for(model_config, split.dataset) if model_config.feature_bias else None
     base = BiasBaseline(features=features is not None, tuned=tuned)
     if tuned:
-        base.select(split)
+        base.select(split, item_features=None if features is None else features.flat)
     else:
         base.fit_arrays(train["user"].to_numpy(), train["item"].to_numpy(), train["rating"].to_numpy(np.float64),
                         split.n_users, split.n_items, item_features=None if features is None else features.flat)
@@ -128,9 +128,9 @@ def init_biases_from_baseline(params: Any, split: ProtocolSplit, model_config: M
         side = dict(params[tower])
         side["entity_bias"] = jax.numpy.asarray(values, side["entity_bias"].dtype)
         if tower == "item_tower" and features is not None:  # ids beyond the data's largest: 0
-            values = np.zeros(side["feature_bias"].shape)
-            values[: base.feature_bias.size] = base.feature_bias
-            side["feature_bias"] = jax.numpy.asarray(values, side["feature_bias"].dtype)
+            feature_bias = np.zeros(side["feature_bias"].shape)
+            feature_bias[: base.feature_bias.size] = base.feature_bias
+            side["feature_bias"] = jax.numpy.asarray(feature_bias, side["feature_bias"].dtype)
         params[tower] = side
     return params
 

@@ -49,35 +49,40 @@ class BiasBaseline:
         del seed  # deterministic
         item_features = self._item_features(split)
         if self.tuned:
-            self.select(split, verbose=verbose)
+            self.select(split, item_features=item_features, verbose=verbose)
         pairs = pd.concat([split.train, split.val], ignore_index=True)
         return self.fit_arrays(pairs["user"].to_numpy(), pairs["item"].to_numpy(),
                                pairs["rating"].to_numpy(np.float64), split.n_users, split.n_items,
                                item_features=item_features)
 
-    def select(self, split: ProtocolSplit, *, verbose: bool = False) -> "BiasBaseline":
+    def select(self, split: ProtocolSplit, *, item_features: np.ndarray | None = None,
+               verbose: bool = False) -> "BiasBaseline":
         """Sets (reg_user, reg_item) to the ``REG_GRID`` pair of lowest validation RMSE (clipped to
         the rating range) and leaves the model fitted on ``split.train`` with it (val unseen);
-        ``self.val_rmse`` records that score."""
+        ``self.val_rmse`` records that score. ``item_features``: the dataset's flat features when
+        the caller has them (``features=True``; default: read from the dataset)."""
         if not len(split.val):
             raise ValueError("BiasBaseline(tuned=True) chooses its regularisation on the validation pairs: "
                              "the split has none")
-        item_features = self._item_features(split)
+        if self.features and item_features is None:
+            item_features = self._item_features(split)
         train, val = split.train, split.val
-        truth = val["rating"].to_numpy(np.float64)
+        arrays = (train["user"].to_numpy(), train["item"].to_numpy(), train["rating"].to_numpy(np.float64),
+                  split.n_users, split.n_items)
+        features = _FeatureMeans(item_features) if self.features else None
+        ridge_inverse = self._ridge_inverse(features, arrays[1], split.n_items)  # the same at every grid point
+        val_users, val_items, truth = val["user"].to_numpy(), val["item"].to_numpy(), val["rating"].to_numpy(np.float64)
         best = None
         for reg_user, reg_item in REG_GRID:
             self.reg_user, self.reg_item = reg_user, reg_item
-            self.fit_arrays(train["user"].to_numpy(), train["item"].to_numpy(), train["rating"].to_numpy(np.float64),
-                            split.n_users, split.n_items, item_features=item_features)
-            rmse = metrics.rmse(self.predict(val["user"].to_numpy(), val["item"].to_numpy()), truth, split.rating_scale)
+            self._fit(*arrays, features, ridge_inverse)
+            rmse = metrics.rmse(self.predict(val_users, val_items), truth, split.rating_scale)
             if verbose:
                 print(f"  {self.name} reg_user={reg_user:g} reg_item={reg_item:g}: val RMSE {rmse:.4f}")
             if best is None or rmse < best[0]:
                 best = (rmse, reg_user, reg_item)
         self.val_rmse, self.reg_user, self.reg_item = best
-        return self.fit_arrays(train["user"].to_numpy(), train["item"].to_numpy(), train["rating"].to_numpy(np.float64),
-                               split.n_users, split.n_items, item_features=item_features)
+        return self._fit(*arrays, features, ridge_inverse)
 
     def _item_features(self, split: ProtocolSplit):
         """The dataset's flat item features [n_items, K] with ``features=True``, else None."""
@@ -97,23 +102,34 @@ class BiasBaseline:
         id + 1); ``feature_bias`` [F] is then c."""
         if self.features and item_features is None:
             raise ValueError("BiasBaseline(features=True).fit_arrays needs item_features [n_items, K]")
+        features = _FeatureMeans(item_features, n_features) if self.features else None
+        return self._fit(users, items, ratings, n_users, n_items, features,
+                         self._ridge_inverse(features, items, n_items))
+
+    def _ridge_inverse(self, features: "_FeatureMeans | None", items, n_items: int):
+        """(W^T diag(n_i) W + reg_feature I)^-1 [F, F], the feature block's ridge system given b_u, b_i
+        (None without features)."""
+        if features is None:
+            return None
+        gram = features.gram(np.bincount(items, minlength=n_items))
+        return np.linalg.inv(gram + self.reg_feature * np.eye(features.n_features))
+
+    def _fit(self, users, items, ratings, n_users: int, n_items: int, features, ridge_inverse) -> "BiasBaseline":
+        """The ALS sweeps (``features``: a :class:`_FeatureMeans` and its ``ridge_inverse``, or None)."""
         self.mu = float(np.mean(ratings))
         self.b_user = np.zeros(n_users)
         self.b_item = np.zeros(n_items)
         self.item_feature_bias = np.zeros(n_items)  # mean_{f in F(i)} c_f
         n_u = np.bincount(users, minlength=n_users)
         n_i = np.bincount(items, minlength=n_items)
-        if self.features:
-            features = _FeatureMeans(item_features, n_features)
-            gram = features.gram(n_i) + self.reg_feature * np.eye(features.n_features)  # [F, F]
         for _ in range(self.sweeps):
             resid = ratings - self.mu - self.b_user[users] - self.item_feature_bias[items]
             self.b_item = np.bincount(items, resid, n_items) / (self.reg_item + n_i)
             resid = ratings - self.mu - self.b_item[items] - self.item_feature_bias[items]
             self.b_user = np.bincount(users, resid, n_users) / (self.reg_user + n_u)
-            if self.features:
+            if features is not None:
                 resid = ratings - self.mu - self.b_user[users] - self.b_item[items]
-                self.feature_bias = np.linalg.solve(gram, features.transpose_times(np.bincount(items, resid, n_items)))
+                self.feature_bias = ridge_inverse @ features.transpose_times(np.bincount(items, resid, n_items))
                 self.item_feature_bias = features.times(self.feature_bias)
         return self
 
