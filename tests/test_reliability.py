@@ -9,8 +9,10 @@ status 2 and no traceback; the kill -9 case is ``slow``.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
+import math
 import os
 import pathlib
 import signal
@@ -18,6 +20,8 @@ import subprocess
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
@@ -589,14 +593,95 @@ def test_nan_validation_metric_stops_and_names_the_last_good_checkpoint(tiny, tm
         return {**out, "rmse": float("nan")} if calls["n"] == 2 else out
 
     monkeypatch.setattr(evaluation, "rating_metrics", poisoned)
-    with pytest.raises(DivergenceError) as info:
-        loop.train(split, model, cfg, workdir=tmp_path / "w", verbose=False)
+    with pytest.raises(DivergenceError) as info:  # no retries: the first divergence stops the run
+        loop.train(split, model, dataclasses.replace(cfg, divergence_retries=0), workdir=tmp_path / "w",
+                   verbose=False)
     message = str(info.value)
     assert "validation RMSE is nan at step 20" in message and "state_000000010 (step 10), left intact" in message
     assert isinstance(info.value, FloatingPointError)
     progress = json.loads((tmp_path / "w" / "checkpoints" / "progress.json").read_text())
     assert progress["checkpoint"] == "state_000000010"
     assert (tmp_path / "w" / "checkpoints" / "state_000000010").is_dir()
+
+
+def test_a_diverged_validation_goes_back_to_the_best_parameters_and_the_run_finishes(tiny, tmp_path, monkeypatch):
+    from iarn_jax.training import evaluation, loop
+
+    split, model, cfg = tiny
+    cfg = dataclasses.replace(cfg, max_steps=40, divergence_retries=1)
+    real = evaluation.rating_metrics
+    calls = {"n": 0}
+
+    def poisoned(pred, target, scale):  # the 2nd validation (step 20) diverges once
+        calls["n"] += 1
+        out = real(pred, target, scale)
+        return {**out, "rmse": float("nan")} if calls["n"] == 2 else out
+
+    monkeypatch.setattr(evaluation, "rating_metrics", poisoned)
+    result = loop.train(split, model, cfg, workdir=tmp_path / "w", verbose=False)
+    records = [json.loads(line) for line in (tmp_path / "w" / "log.jsonl").read_text().splitlines()]
+    recover = [r for r in records if r["event"] == "recover"]
+    assert len(recover) == 1 and recover[0]["step"] == 20 and recover[0]["best_step"] == 10
+    assert "validation RMSE is nan at step 20" in recover[0]["error"]
+    assert recover[0]["learning_rate"] == pytest.approx(cfg.learning_rate * cfg.lr_decay)
+    evals = [r for r in records if r["event"] == "eval"]
+    assert [r["step"] for r in evals] == [10, 30, 40]  # the run continued after step 20
+    assert all(r["learning_rate"] == pytest.approx(cfg.learning_rate * cfg.lr_decay) for r in evals[1:])
+    assert result.metrics["divergence_recoveries"] == 1 and math.isfinite(result.metrics["test_rmse"])
+    assert result.metrics["steps"] == 40
+
+
+def test_divergence_after_the_last_retry_stops_with_the_count(tiny, tmp_path, monkeypatch):
+    from iarn_jax.training import evaluation, loop
+    from iarn_jax.training.run_records import DivergenceError
+
+    split, model, cfg = tiny
+    cfg = dataclasses.replace(cfg, max_steps=60, divergence_retries=2)
+    real = evaluation.rating_metrics
+    calls = {"n": 0}
+
+    def poisoned(pred, target, scale):  # every validation after the first diverges
+        calls["n"] += 1
+        out = real(pred, target, scale)
+        return {**out, "rmse": float("nan")} if calls["n"] >= 2 else out
+
+    monkeypatch.setattr(evaluation, "rating_metrics", poisoned)
+    with pytest.raises(DivergenceError, match=r"nan at step 40; .*\(after 2 of 2 divergence retries\)"):
+        loop.train(split, model, cfg, workdir=tmp_path / "w", verbose=False)
+    records = [json.loads(line) for line in (tmp_path / "w" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["event"] == "recover"] == [20, 30]
+
+
+def test_a_non_finite_training_loss_is_recovered_from_like_a_diverged_validation(tiny, tmp_path, monkeypatch):
+    from iarn_jax.training import loop
+
+    split, model, cfg = tiny
+    cfg = dataclasses.replace(cfg, max_steps=30, log_every=5)
+    real_make = loop.make_train_step
+
+    def make_poisoned(*args, **kwargs):  # step 13's loss and parameters become NaN
+        step = real_make(*args, **kwargs)
+        counter = {"n": 0}
+
+        def poisoned(state, batch):
+            state, metrics = step(state, batch)
+            counter["n"] += 1
+            if counter["n"] == 13:
+                state = state.replace(params=jax.tree_util.tree_map(lambda x: x * jnp.nan, state.params))
+                metrics = {**metrics, "loss": metrics["loss"] * jnp.nan}
+            return state, metrics
+
+        return poisoned
+
+    monkeypatch.setattr(loop, "make_train_step", make_poisoned)
+    result = loop.train(split, model, cfg, workdir=tmp_path / "w", verbose=False)
+    records = [json.loads(line) for line in (tmp_path / "w" / "log.jsonl").read_text().splitlines()]
+    recover = [r for r in records if r["event"] == "recover"]
+    assert len(recover) == 1 and recover[0]["step"] == 15  # found at the next loss fetch (log_every 5)
+    assert "diverged at step 13: loss nan" in recover[0]["error"] and recover[0]["best_step"] == 10
+    evals = [r for r in records if r["event"] == "eval"]
+    assert [r["step"] for r in evals] == [10, 20, 30] and all(math.isfinite(r["val_rmse"]) for r in evals)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(result.params))
 
 
 @pytest.mark.slow

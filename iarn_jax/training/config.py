@@ -48,6 +48,11 @@ class TrainConfig:
       validation AUC ranks each validation positive against ``val_negatives`` items
       the user never interacted with (drawn once, seed-fixed); ties count half.
     factor_l2: L2 weight on the stationary factors p_u, q_i of the pairs in a batch.
+    divergence_retries: how many times a run that diverges (a non-finite or exploding training loss, a
+      non-finite validation metric) goes back to its best parameters with a fresh optimiser state and
+      the learning rate times ``lr_decay``, and continues; the next divergence stops it with the error
+      (0: stop at the first). The uncapped paper model's softplus context overflowed in 2 of 21 Clothing
+      runs (issue 11).
     factor_init: with stationary factors: "baseline" (rating / joint: start at the project's tuned
       MF: its biases and factors, with the item tower's head at 0 so the first prediction is MF's;
       the run evaluates that start, so early stopping never ends worse on validation; ranking:
@@ -90,6 +95,7 @@ class TrainConfig:
     val_negatives: int = 20
     factor_l2: float = 0.0
     factor_init: str = "baseline"
+    divergence_retries: int = 2
 
     def __post_init__(self):
         if self.history_mode not in HISTORY_MODES:
@@ -121,6 +127,8 @@ class TrainConfig:
             raise ValueError("batch sizes must be positive")
         if self.bias_init not in ("baseline", "tuned", "zeros"):
             raise ValueError(f"bias_init must be 'baseline', 'tuned' or 'zeros', got {self.bias_init!r}")
+        if self.divergence_retries < 0:
+            raise ValueError(f"divergence_retries must be >= 0, got {self.divergence_retries}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
 

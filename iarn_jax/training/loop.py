@@ -421,21 +421,25 @@ def train(
         if run.position.epoch >= cfg.max_epochs:
             run.schedule = run.schedule.stopped("max_epochs")
             break
-        for step in runner.run_epoch(run):
-            if step % eval_every == 0 or step >= cfg.max_steps:
-                with runner.paused(run.position):  # evaluation and checkpoints are not train-step time
-                    metrics, lr = _validate(run, validator, step, cfg, ckpt_dir)
-                    run.position.elapsed = time.time() - session_start
-                    _log_eval(log, run, metrics, step, lr, cfg.selection_metric)
-                    run.schedule = schedule_lib.after_budget(run.schedule, step, run.position.elapsed, cfg)
-                    if cfg.checkpoint_every_eval:
-                        run_state.save(ckpt_dir, step, run)
-                    if _STOP_AFTER_STEPS is not None and step >= _STOP_AFTER_STEPS:
-                        return TrainResult(model_config, cfg, run.best_params, {"interrupted_at": step}, data, workdir)
-            if run.schedule.done:
-                break
-        else:
-            run.position.next_epoch()
+        try:
+            for step in runner.run_epoch(run):
+                if step % eval_every == 0 or step >= cfg.max_steps:
+                    with runner.paused(run.position):  # evaluation and checkpoints are not train-step time
+                        metrics, lr = _validate(run, validator, step, cfg, ckpt_dir)
+                        run.position.elapsed = time.time() - session_start
+                        _log_eval(log, run, metrics, step, lr, cfg.selection_metric)
+                        run.schedule = schedule_lib.after_budget(run.schedule, step, run.position.elapsed, cfg)
+                        if cfg.checkpoint_every_eval:
+                            run_state.save(ckpt_dir, step, run)
+                        if _STOP_AFTER_STEPS is not None and step >= _STOP_AFTER_STEPS:
+                            return TrainResult(model_config, cfg, run.best_params, {"interrupted_at": step}, data,
+                                               workdir)
+                if run.schedule.done:
+                    break
+            else:
+                run.position.next_epoch()
+        except FloatingPointError as error:  # a diverged loss or validation metric
+            _recover_from_divergence(run, error, tx, mesh, cfg, log, runner.step)
     runner.drain(run.position)
     if run.schedule.evals == 0:  # never evaluated (tiny runs): the last parameters are the best
         _validate(run, validator, runner.step, cfg, ckpt_dir)
@@ -465,6 +469,27 @@ def _validate(run: RunState, validator: Validator, step: int, cfg: TrainConfig,
     return metrics, decision.learning_rate
 
 
+def _recover_from_divergence(run: RunState, error: FloatingPointError, tx, mesh, cfg: TrainConfig,
+                             log: "_Logger", step: int) -> None:
+    """Sends a diverged run back to its best parameters with a fresh optimiser state (the moments may
+    hold the overflow) at the learning rate times ``cfg.lr_decay``; the run then continues with the
+    next batch. Re-raises ``error`` once ``cfg.divergence_retries`` recoveries are used up or the
+    learning rate would fall below ``cfg.min_learning_rate``."""
+    learning_rate = get_learning_rate(run.state.opt_state) * cfg.lr_decay
+    if run.schedule.recoveries >= cfg.divergence_retries or learning_rate < cfg.min_learning_rate:
+        if cfg.divergence_retries:
+            raise type(error)(f"{error} (after {run.schedule.recoveries} of {cfg.divergence_retries} "
+                              "divergence retries)") from error
+        raise error
+    fresh = create_train_state(run.best_params, tx, run.state.rng, mesh)
+    run.state = fresh.replace(step=run.state.step, opt_state=set_learning_rate(fresh.opt_state, learning_rate))
+    run.schedule = dataclasses.replace(run.schedule, recoveries=run.schedule.recoveries + 1, decay_bad=0)
+    log({"event": "recover", "step": step, "error": str(error), "learning_rate": learning_rate,
+         "best_step": run.schedule.best_step, "recoveries": run.schedule.recoveries},
+        f"  {error}: back to the best parameters (step {run.schedule.best_step}) with a fresh optimiser state, "
+        f"lr {learning_rate:.2e} (recovery {run.schedule.recoveries} of {cfg.divergence_retries})")
+
+
 def _final_metrics(run: RunState, validator: Validator, split: ProtocolSplit, cfg: TrainConfig,
                    factor_info: dict, wall: float) -> dict:
     """results.json: the best parameters' test / val numbers and the run's record."""
@@ -484,6 +509,7 @@ def _final_metrics(run: RunState, validator: Validator, split: ProtocolSplit, cf
         "steps": int(run.state.step),
         "epochs": position.examples / n_train,
         "stop_reason": run.schedule.reason,
+        "divergence_recoveries": run.schedule.recoveries,
         "wall_seconds": wall,
         "train_examples_per_second": position.examples / max(position.train_seconds, 1e-9),
         "devices": validator.mesh.devices.size,

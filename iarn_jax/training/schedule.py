@@ -29,6 +29,7 @@ class Schedule:
     done: bool = False
     reason: str = ""  # patience | min_learning_rate | max_steps | max_seconds | max_epochs
     last_val: Optional[float] = None
+    recoveries: int = 0  # divergences the run went back from (cfg.divergence_retries)
 
     def stopped(self, reason: str) -> "Schedule":
         return dataclasses.replace(self, done=True, reason=reason)
