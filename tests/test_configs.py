@@ -5,7 +5,8 @@ of issues 10 / 11, their golden entries regenerated; Clothing has a ranking sett
 histories since session 7, the BCE loss since session 10), ml100k / mlsmall one since session 7
 (sampled softmax, 15 epochs), and Clothing stops after 20 validations without improvement (issue 12);
 Clothing has a joint setting (session 8, its golden entries generated then); Clothing's rating setting
-has category biases (issue 11, session 13: feature_bias added to its default entries))."""
+has category biases (issue 11, session 13: feature_bias added to its default entries) and whole histories
+without the pair's own step (session 14: history_mode full_without_self in its default entries))."""
 from __future__ import annotations
 
 import dataclasses
