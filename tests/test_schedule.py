@@ -71,11 +71,11 @@ def test_budget_stops_at_max_steps_or_max_seconds():
 
 
 def test_progress_record_keeps_its_flat_format():
-    schedule = Schedule(best_val=-0.7, best_step=20, bad=1, decay_bad=1, evals=3, last_val=-0.6)
+    schedule = Schedule(best_val=-0.7, best_step=20, bad=1, decay_bad=1, evals=3, last_val=-0.6, recoveries=1)
     position = Position(epoch=1, batch=4, examples=320, elapsed=12.5, train_seconds=9.0)
     record = to_record(schedule, position)
     assert set(record) == {"epoch", "batch", "best_val", "best_step", "bad", "decay_bad", "evals", "done", "reason",
-                           "elapsed", "examples", "train_seconds", "last_val"}
+                           "elapsed", "examples", "train_seconds", "last_val", "recoveries"}
     assert from_record(record) == (schedule, position)
     # records of older runs: unknown keys are ignored, missing ones take their defaults
     old = {"epoch": 2, "batch": 0, "best_val": math.inf, "decay_now": True}
