@@ -579,20 +579,30 @@ def test_output_paths_and_workdir_are_checked_before_training(tmp_path):
         check_workdir(tmp_path / "afile", resume=False, overwrite=False)
 
 
-def test_nan_validation_metric_stops_and_names_the_last_good_checkpoint(tiny, tmp_path, monkeypatch):
-    from iarn_jax.training import evaluation, loop
-    from iarn_jax.training.run_records import DivergenceError
+def _poison_validation(monkeypatch, diverges) -> None:
+    """The validation RMSE becomes NaN on the calls n (1-based) where ``diverges(n)``."""
+    from iarn_jax.training import evaluation
 
-    split, model, cfg = tiny
-    real = evaluation.rating_metrics
-    calls = {"n": 0}
+    real, calls = evaluation.rating_metrics, {"n": 0}
 
     def poisoned(pred, target, scale):
         calls["n"] += 1
         out = real(pred, target, scale)
-        return {**out, "rmse": float("nan")} if calls["n"] == 2 else out
+        return {**out, "rmse": float("nan")} if diverges(calls["n"]) else out
 
     monkeypatch.setattr(evaluation, "rating_metrics", poisoned)
+
+
+def _log_records(workdir: pathlib.Path) -> list:
+    return [json.loads(line) for line in (workdir / "log.jsonl").read_text().splitlines()]
+
+
+def test_nan_validation_metric_stops_and_names_the_last_good_checkpoint(tiny, tmp_path, monkeypatch):
+    from iarn_jax.training import loop
+    from iarn_jax.training.run_records import DivergenceError
+
+    split, model, cfg = tiny
+    _poison_validation(monkeypatch, lambda n: n == 2)
     with pytest.raises(DivergenceError) as info:  # no retries: the first divergence stops the run
         loop.train(split, model, dataclasses.replace(cfg, divergence_retries=0), workdir=tmp_path / "w",
                    verbose=False)
@@ -605,21 +615,13 @@ def test_nan_validation_metric_stops_and_names_the_last_good_checkpoint(tiny, tm
 
 
 def test_a_diverged_validation_goes_back_to_the_best_parameters_and_the_run_finishes(tiny, tmp_path, monkeypatch):
-    from iarn_jax.training import evaluation, loop
+    from iarn_jax.training import loop
 
     split, model, cfg = tiny
     cfg = dataclasses.replace(cfg, max_steps=40, divergence_retries=1)
-    real = evaluation.rating_metrics
-    calls = {"n": 0}
-
-    def poisoned(pred, target, scale):  # the 2nd validation (step 20) diverges once
-        calls["n"] += 1
-        out = real(pred, target, scale)
-        return {**out, "rmse": float("nan")} if calls["n"] == 2 else out
-
-    monkeypatch.setattr(evaluation, "rating_metrics", poisoned)
+    _poison_validation(monkeypatch, lambda n: n == 2)  # the 2nd validation (step 20) diverges once
     result = loop.train(split, model, cfg, workdir=tmp_path / "w", verbose=False)
-    records = [json.loads(line) for line in (tmp_path / "w" / "log.jsonl").read_text().splitlines()]
+    records = _log_records(tmp_path / "w")
     recover = [r for r in records if r["event"] == "recover"]
     assert len(recover) == 1 and recover[0]["step"] == 20 and recover[0]["best_step"] == 10
     assert "validation RMSE is nan at step 20" in recover[0]["error"]
@@ -632,23 +634,15 @@ def test_a_diverged_validation_goes_back_to_the_best_parameters_and_the_run_fini
 
 
 def test_divergence_after_the_last_retry_stops_with_the_count(tiny, tmp_path, monkeypatch):
-    from iarn_jax.training import evaluation, loop
+    from iarn_jax.training import loop
     from iarn_jax.training.run_records import DivergenceError
 
     split, model, cfg = tiny
     cfg = dataclasses.replace(cfg, max_steps=60, divergence_retries=2)
-    real = evaluation.rating_metrics
-    calls = {"n": 0}
-
-    def poisoned(pred, target, scale):  # every validation after the first diverges
-        calls["n"] += 1
-        out = real(pred, target, scale)
-        return {**out, "rmse": float("nan")} if calls["n"] >= 2 else out
-
-    monkeypatch.setattr(evaluation, "rating_metrics", poisoned)
+    _poison_validation(monkeypatch, lambda n: n >= 2)  # every validation after the first diverges
     with pytest.raises(DivergenceError, match=r"nan at step 40; .*\(after 2 of 2 divergence retries\)"):
         loop.train(split, model, cfg, workdir=tmp_path / "w", verbose=False)
-    records = [json.loads(line) for line in (tmp_path / "w" / "log.jsonl").read_text().splitlines()]
+    records = _log_records(tmp_path / "w")
     assert [r["step"] for r in records if r["event"] == "recover"] == [20, 30]
 
 
@@ -675,7 +669,7 @@ def test_a_non_finite_training_loss_is_recovered_from_like_a_diverged_validation
 
     monkeypatch.setattr(loop, "make_train_step", make_poisoned)
     result = loop.train(split, model, cfg, workdir=tmp_path / "w", verbose=False)
-    records = [json.loads(line) for line in (tmp_path / "w" / "log.jsonl").read_text().splitlines()]
+    records = _log_records(tmp_path / "w")
     recover = [r for r in records if r["event"] == "recover"]
     assert len(recover) == 1 and recover[0]["step"] == 15  # found at the next loss fetch (log_every 5)
     assert "diverged at step 13: loss nan" in recover[0]["error"] and recover[0]["best_step"] == 10
