@@ -29,9 +29,10 @@ _SHARED = {
     "split_seed": lambda: flags.DEFINE_integer(
         "split_seed", 123, "Seed of the validation split (the reference code's 123)."),
     "val_mode": lambda: flags.DEFINE_enum(
-        "val_mode", "random", ["random", "temporal"],
+        "val_mode", None, ["random", "temporal"],
         "Validation pairs: a random sample of the training period (the reference code) or its latest pairs "
-        "(selection and early stopping on the part of training nearest the test period; not trained on)."),
+        "(selection and early stopping on the part of training nearest the test period; not trained on). "
+        "Default: the config's (val_mode, or its ranking / joint setting's)."),
     "seed": lambda: flags.DEFINE_integer("seed", 0, "Seed of initialisation, dropout, sampling and batch order."),
     "rating_scale": lambda: flags.DEFINE_string(
         "rating_scale", None, "LOW,HIGH rating scale of --data=csv:/parquet: tables (default: the first standard "

@@ -42,7 +42,7 @@ FLAGS = flags.FLAGS
 @functools.cache  # once per process
 def define_flags() -> None:
     _flags.define("protocol", "data_root", "data", "cut", "workdir", "results_json", "seed", "split_seed",
-                  "use_tqdm")
+                  "val_mode", "use_tqdm")
     flags.DEFINE_integer("table", None, "2: the Table 2 comparison.")
     flags.DEFINE_integer("figure", None, "3: RMSE by minimum history length for RNN / LSTM / TAGM / IARN; "
                          "4: IARN-Plain vs IARN with feature encoders.")
@@ -60,9 +60,11 @@ def define_flags() -> None:
 
 def reproduce(protocol: str, *, split=None, data_root=None, data=None, cut=None, table=None, figure=None, methods=None,
               workdir=None, results_json=None, iarn_max_seconds=None, encoders=None, max_len=None, n_eval_users=None,
-              eval_seed=0, seed=0, split_seed=123, fresh=False, verbose=True) -> dict:
+              eval_seed=0, seed=0, split_seed=123, val_mode=None, fresh=False, verbose=True) -> dict:
     """The library entry point of the command (``split`` may be given directly, e.g. in tests;
     ``data`` = "FORMAT:PATH" with a ``cut`` date runs on custom data, as ``experiments.train``).
+    ``val_mode``: the validation pairs every method selects and stops on (None: the protocol config's
+    ``val_mode``, that of its rating setting: one split serves all methods).
     Returns {"rows", "figure3", "figure4"} (each None when not requested)."""
     if table is None and figure is None:
         table = 2
@@ -70,9 +72,11 @@ def reproduce(protocol: str, *, split=None, data_root=None, data=None, cut=None,
         raise ValueError("only --table=2, --figure=3 and --figure=4 exist")
     start = time.time()
     if split is None:
+        from iarn_jax import configs
         from iarn_jax.training.experiment import load_split
 
-        split = load_split(protocol, data_root, data=data, cut=cut, seed=split_seed)
+        val_mode = val_mode or configs.get_config("custom" if data else protocol).val_mode
+        split = load_split(protocol, data_root, data=data, cut=cut, seed=split_seed, val_mode=val_mode)
     workdir = pathlib.Path(workdir or f"runs/reproduce_{split.name}")
     if fresh and (workdir / "methods").exists():
         shutil.rmtree(workdir / "methods")
@@ -136,7 +140,7 @@ def main(argv):
               figure=FLAGS.figure, methods=FLAGS.methods, workdir=FLAGS.workdir, results_json=FLAGS.results_json,
               iarn_max_seconds=FLAGS.iarn_max_seconds, encoders=FLAGS.encoders, max_len=FLAGS.max_len,
               n_eval_users=FLAGS.n_eval_users, eval_seed=FLAGS.eval_seed, seed=FLAGS.seed,
-              split_seed=FLAGS.split_seed, fresh=FLAGS.fresh, verbose=not FLAGS.quiet)
+              split_seed=FLAGS.split_seed, val_mode=FLAGS.val_mode, fresh=FLAGS.fresh, verbose=not FLAGS.quiet)
 
 
 if __name__ == "__main__":

@@ -184,3 +184,28 @@ def test_ranking_fields_apply_only_to_the_ranking_objective():
     # an explicit override still wins over the ranking fields
     model, _ = build_configs(config, split, objective="ranking", model_overrides={"hidden_size": 8}, verbose=False)
     assert model.hidden_size == 8
+
+
+# the validation pairs of each protocol's settings (data.protocols.split_by_time's val_mode)
+VAL_MODES = {(protocol, objective): "random" for protocol in configs.CONFIG_MODULES
+             for objective in (None, "rating", "ranking", "joint")}
+
+
+@pytest.mark.parametrize("protocol,objective", sorted(VAL_MODES, key=str))
+def test_each_setting_validates_on_its_recorded_split(protocol, objective):
+    from iarn_jax.training.defaults import config_val_mode
+
+    assert config_val_mode(configs.get_config(protocol), objective) == VAL_MODES[protocol, objective]
+
+
+def test_a_ranking_or_joint_section_sets_the_validation_split_of_its_objective_only():
+    from iarn_jax.configs import base
+    from iarn_jax.training.defaults import config_val_mode
+
+    config = base.get_config("synthetic")
+    config.val_mode = "temporal"
+    config.ranking.val_mode = "random"
+    assert [config_val_mode(config, o) for o in (None, "rating", "ranking", "joint")] == \
+        ["temporal", "temporal", "random", "temporal"]  # the joint section sets none: the config's
+    config.train.objective = "ranking"  # a config whose own objective is ranking: its section is not read
+    assert config_val_mode(config, "ranking") == "temporal"

@@ -166,6 +166,40 @@ def test_custom_protocol_matches_named_and_checksum():
         custom_protocol("ml100k", path, "1999-01-01")
 
 
+def test_run_experiment_takes_the_validation_split_of_the_config_unless_given(monkeypatch, tmp_path):
+    """val_mode=None: the config's val_mode (here "temporal"), recorded in run.json; an explicit
+    val_mode wins; the config's ranking section sets the split of a ranking run."""
+    import json
+
+    from iarn_jax import configs
+    from iarn_jax.training import experiment
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def fake_train(split, *args, **kwargs):
+        seen.append(split)
+        raise Stop
+
+    monkeypatch.setattr(experiment, "train", fake_train)
+    config = configs.get_config("synthetic").unlock()
+    config.val_mode = "temporal"
+    config.ranking.val_mode = "random"
+    for kwargs in ({}, {"val_mode": "random"}, {"objective": "ranking"}):
+        with pytest.raises(Stop):
+            experiment.run_experiment("synthetic", config=config, workdir=tmp_path / str(len(seen)),
+                                      verbose=False, baselines=(), **kwargs)
+    temporal, random_, ranking = seen
+    assert temporal.val["time"].min() >= temporal.train["time"].max()  # the latest training-period pairs
+    for split in (random_, ranking):
+        assert split.val["time"].min() < split.train["time"].max()
+        pd.testing.assert_frame_equal(split.val, random_.val)
+    assert json.loads((tmp_path / "0" / "run.json").read_text())["val_mode"] == "temporal"
+    assert "val_mode" not in json.loads((tmp_path / "1" / "run.json").read_text())
+
+
 @pytest.mark.slow  # trains a model end to end: ~20-45 s on this 2-core machine
 def test_run_experiment_validates_on_the_latest_pairs_with_temporal_val_mode(tmp_path):
     """--val_mode=temporal reaches the split: the run's validation pairs are the training period's

@@ -35,11 +35,14 @@ def get_config(protocol: str) -> ml_collections.ConfigDict:
     config.protocol = protocol  # the data (a named protocol; "custom": --data=FORMAT:PATH)
     config.protocol_kwargs = ml_collections.ConfigDict()  # extra arguments of data.protocols.load_protocol
     config.derive_from_data = False  # True: training.defaults.derived_defaults fills the data-dependent fields
+    # the validation pairs (data.protocols.split_by_time): "random" (the reference code) or "temporal"
+    config.val_mode = "random"
     config.model = dataclass_fields(ModelConfig)
     config.train = dataclass_fields(TrainConfig)
     # model / train fields that replace the ones above when a run's objective is "ranking" and the
     # config's own objective is not (a protocol's ranking setting); empty: the same setting
-    config.ranking = ml_collections.ConfigDict({"model": {}, "train": {}})
+    # config.ranking.val_mode: that setting's validation pairs (None: config.val_mode)
+    config.ranking = ml_collections.ConfigDict({"model": {}, "train": {}, "val_mode": config_dict.placeholder(str)})
     # likewise when a run's objective is "joint" (a protocol's joint setting)
-    config.joint = ml_collections.ConfigDict({"model": {}, "train": {}})
+    config.joint = ml_collections.ConfigDict({"model": {}, "train": {}, "val_mode": config_dict.placeholder(str)})
     return config

@@ -256,7 +256,8 @@ def load_run(workdir: Union[str, pathlib.Path], *, data_root: Optional[str] = No
     train_config = TrainConfig(**train_dict)
     split = load_split(run.get("protocol", config.get("protocol")), data_root or run.get("data_root"),
                        data=data or run.get("data"), cut=cut or run.get("cut"), min_len=run.get("min_len", 3),
-                       seed=run.get("split_seed", 123), protocol_kwargs=run.get("protocol_kwargs"))
+                       seed=run.get("split_seed", 123), val_mode=run.get("val_mode", "random"),
+                       protocol_kwargs=run.get("protocol_kwargs"))
     if (split.n_users, split.n_items) != (model_config.n_users, model_config.n_items):
         raise ValueError(f"{workdir}: the data loaded from run.json has {split.n_users} users / {split.n_items} "
                          f"items, the trained model {model_config.n_users} / {model_config.n_items}: "

@@ -70,6 +70,16 @@ def config_settings(config: ml_collections.ConfigDict, split: ProtocolSplit, *, 
     return model, train
 
 
+def config_val_mode(config: ml_collections.ConfigDict, objective: Optional[str] = None) -> str:
+    """The validation split ("random" | "temporal") of a run of ``config``: the ``ranking`` / ``joint``
+    section's ``val_mode`` when the run's ``objective`` is that one (and not the config's own) and the
+    section sets one, else the config's ``val_mode``."""
+    own = config.train.get("objective") or "rating"
+    if objective in ("ranking", "joint") and objective != own and config[objective].get("val_mode"):
+        return config[objective].val_mode
+    return config.val_mode
+
+
 def config_for(split: ProtocolSplit) -> ml_collections.ConfigDict:
     """The config file of the split's protocol (custom.py for data without a named protocol)."""
     return configs.get_config(split.name if split.name in configs.PROTOCOLS else "custom")

@@ -18,7 +18,8 @@ import ml_collections
 from iarn_jax import configs, jsonio
 from iarn_jax.data import protocols
 from iarn_jax.data.types import ProtocolSplit
-from iarn_jax.training.defaults import build_configs, derived_defaults, protocol_defaults  # noqa: F401 (re-exported)
+from iarn_jax.training.defaults import (build_configs, config_val_mode, derived_defaults,  # noqa: F401 (re-exported)
+                                       protocol_defaults)
 from iarn_jax.training.loop import TrainResult, train
 
 
@@ -103,7 +104,7 @@ def run_experiment(
     objective: Optional[str] = None,
     seed: int = 0,
     split_seed: int = 123,
-    val_mode: str = "random",
+    val_mode: Optional[str] = None,
     min_len: int = 3,
     workdir: Optional[str | pathlib.Path] = None,
     resume: bool = False,
@@ -125,7 +126,7 @@ def run_experiment(
       objective and "full_without_self" for objectives with sampled negatives.
     objective: the TrainConfig objective (None = the protocol default).
     val_mode: "random" (validation pairs sampled from the training period, the reference code) or
-      "temporal" (its latest pairs; see ``data.protocols``).
+      "temporal" (its latest pairs; see ``data.protocols``); None = the config's (for ``objective``).
     ranking_eval: also report full-ranking AUC / NDCG@10 / HR@10 on the protocol's evaluated users
       (benchmarks.md); None = only for objectives with sampled negatives.
     baselines: reference models fitted on the same split and printed beside the model ("bias":
@@ -144,6 +145,7 @@ def run_experiment(
     if config is None:
         config = configs.get_config("custom" if data else protocol)
     protocol_kwargs = config.protocol_kwargs.to_dict()
+    val_mode = val_mode or config_val_mode(config, objective)
     split = load_split(protocol, data_root, data=data, cut=cut, min_len=min_len, seed=split_seed,
                        val_mode=val_mode, rating_scale=rating_scale, protocol_kwargs=protocol_kwargs)
     name = split.name
