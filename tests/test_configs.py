@@ -6,7 +6,9 @@ histories since session 7, the BCE loss since session 10), ml100k / mlsmall one 
 (sampled softmax, 15 epochs), and Clothing stops after 20 validations without improvement (issue 12);
 Clothing has a joint setting (session 8, its golden entries generated then); Clothing's rating setting
 has category biases (issue 11, session 13: feature_bias added to its default entries) and whole histories
-without the pair's own step (session 14: history_mode full_without_self in its default entries))."""
+without the pair's own step (session 14: history_mode full_without_self in its default entries)).
+The validation split is a config field too (``val_mode``, below): random pairs everywhere, except Clothing's
+rating setting, which stops on the training period's latest pairs since session 16."""
 from __future__ import annotations
 
 import dataclasses
@@ -189,6 +191,8 @@ def test_ranking_fields_apply_only_to_the_ranking_objective():
 # the validation pairs of each protocol's settings (data.protocols.split_by_time's val_mode)
 VAL_MODES = {(protocol, objective): "random" for protocol in configs.CONFIG_MODULES
              for objective in (None, "rating", "ranking", "joint")}
+# Clothing's rating setting stops on the training period's latest pairs (issue 11, session 16)
+VAL_MODES.update({("clothing", None): "temporal", ("clothing", "rating"): "temporal"})
 
 
 @pytest.mark.parametrize("protocol,objective", sorted(VAL_MODES, key=str))
