@@ -10,6 +10,7 @@ import sys
 
 import jax
 import numpy as np
+import pandas as pd
 import pytest
 
 import iarn_jax
@@ -140,6 +141,23 @@ def test_load_run_without_run_json_needs_a_built_in_protocol(run, tmp_path):
     (copy / "run.json").unlink()
     with pytest.raises(FileNotFoundError, match="run.json is missing"):
         load_run(copy)
+
+
+@pytest.mark.slow
+def test_load_run_reloads_the_validation_split_recorded_in_run_json(run, tmp_path):
+    """A run recorded with val_mode "temporal" reloads with the latest training-period pairs as its
+    validation pairs; without the key, the random pairs it was trained with."""
+    import shutil
+
+    workdir, result = run
+    pd.testing.assert_frame_equal(load_run(workdir).data.split.val, result.data.split.val)
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)
+    info = json.loads((copy / "run.json").read_text())
+    (copy / "run.json").write_text(json.dumps({**info, "val_mode": "temporal"}))
+    split = load_run(copy).data.split
+    assert split.val["time"].min() >= split.train["time"].max()
+    assert split.val["time"].min() > result.data.split.val["time"].min()
 
 
 @pytest.mark.slow
