@@ -476,6 +476,23 @@ def test_resume_other_data_shape_and_flags(tiny, finished, tmp_path):
         run_records.check_run_info(workdir, {"protocol": "synthetic", "data": None, "cut": "2001-01-01"}, resume=True)
 
 
+def test_resume_refuses_another_validation_split_even_when_run_json_predates_the_key(tmp_path):
+    """run.json records val_mode only when it is not "random": a Clothing run trained with random
+    validation pairs (no key) must not resume under the temporal default, nor the other way round."""
+    from iarn_jax.training import run_records
+
+    (tmp_path / "results.json").write_text("{}")  # a finished run
+    (tmp_path / "run.json").write_text(json.dumps({"protocol": "clothing", "cut": None}))
+    with pytest.raises(run_records.RunStateError, match="val_mode: 'random' -> 'temporal'"):
+        run_records.check_run_info(tmp_path, {"protocol": "clothing", "cut": None, "val_mode": "temporal"},
+                                   resume=True)
+    run_records.check_run_info(tmp_path, {"protocol": "clothing", "cut": None, "val_mode": "random"}, resume=True)
+    run_records.check_run_info(tmp_path, {"protocol": "clothing", "cut": None}, resume=True)
+    (tmp_path / "run.json").write_text(json.dumps({"protocol": "clothing", "cut": None, "val_mode": "temporal"}))
+    with pytest.raises(run_records.RunStateError, match="val_mode: 'temporal' -> 'random'"):
+        run_records.check_run_info(tmp_path, {"protocol": "clothing", "cut": None}, resume=True)
+
+
 @pytest.mark.slow
 def test_resume_accepts_allowed_changes_and_older_configs(tiny, finished, tmp_path, capsys):
     from iarn_jax.training import loop

@@ -167,15 +167,21 @@ def check_workdir(workdir, *, resume: bool, overwrite: bool) -> Optional[str]:
     return held
 
 
+# run.json keys written only when they differ from these values (older runs lack them)
+RUN_INFO_DEFAULTS = {"val_mode": "random"}
+
+
 def check_run_info(workdir, run_info: dict, *, resume: bool) -> None:
-    """With resume: refuses data / protocol flags that differ from the stored run.json."""
+    """With resume: refuses data / protocol flags that differ from the stored run.json (a key
+    missing on either side counts as its RUN_INFO_DEFAULTS value, e.g. the random validation split)."""
     if workdir is None or not resume:
         return
     path = pathlib.Path(workdir) / "run.json"
     stored = _read_json(path) if path.exists() else None
     if stored is None or not describe_run(pathlib.Path(workdir)):
         return
-    _refuse_changes(path, config_differences(stored, run_info), allowed=())
+    _refuse_changes(path, config_differences({**RUN_INFO_DEFAULTS, **stored}, {**RUN_INFO_DEFAULTS, **run_info}),
+                    allowed=())
 
 
 def prepare_workdir(workdir, payload: dict, *, resume: bool, overwrite: bool, ckpt_dir=None) -> None:
