@@ -73,9 +73,9 @@ def reproduce(protocol: str, *, split=None, data_root=None, data=None, cut=None,
     start = time.time()
     if split is None:
         from iarn_jax import configs
-        from iarn_jax.training.experiment import load_split
+        from iarn_jax.training.experiment import config_val_mode, load_split
 
-        val_mode = val_mode or configs.get_config("custom" if data else protocol).val_mode
+        val_mode = val_mode or config_val_mode(configs.get_config("custom" if data else protocol))
         split = load_split(protocol, data_root, data=data, cut=cut, seed=split_seed, val_mode=val_mode)
     workdir = pathlib.Path(workdir or f"runs/reproduce_{split.name}")
     if fresh and (workdir / "methods").exists():

@@ -226,7 +226,7 @@ def load_run(workdir: Union[str, pathlib.Path], *, data_root: Optional[str] = No
     ``config.json``, the best parameters from ``checkpoints/best``. ``data`` ("FORMAT:PATH") and
     ``cut`` override the data recorded in the run (e.g. when the data set has moved)."""
     from iarn_jax.models.config import ModelConfig
-    from iarn_jax.training import checkpoint
+    from iarn_jax.training import checkpoint, run_records
     from iarn_jax.training.config import TrainConfig
     from iarn_jax.training.experiment import load_split
     from iarn_jax.training.loop import TrainResult, prepare_data
@@ -256,8 +256,8 @@ def load_run(workdir: Union[str, pathlib.Path], *, data_root: Optional[str] = No
     train_config = TrainConfig(**train_dict)
     split = load_split(run.get("protocol", config.get("protocol")), data_root or run.get("data_root"),
                        data=data or run.get("data"), cut=cut or run.get("cut"), min_len=run.get("min_len", 3),
-                       seed=run.get("split_seed", 123), val_mode=run.get("val_mode", "random"),
-                       protocol_kwargs=run.get("protocol_kwargs"))
+                       seed=run.get("split_seed", 123), protocol_kwargs=run.get("protocol_kwargs"),
+                       val_mode=run.get("val_mode", run_records.RUN_INFO_DEFAULTS["val_mode"]))
     if (split.n_users, split.n_items) != (model_config.n_users, model_config.n_items):
         raise ValueError(f"{workdir}: the data loaded from run.json has {split.n_users} users / {split.n_items} "
                          f"items, the trained model {model_config.n_users} / {model_config.n_items}: "
