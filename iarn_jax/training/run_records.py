@@ -137,9 +137,10 @@ def _refuse_changes(path: pathlib.Path, diffs: list, allowed: tuple = RESUME_MAY
     blocking = [d for d in diffs if d[0].rpartition(".")[2] not in allowed]
     if blocking:
         shown = "; ".join(f"{name}: {a!r} -> {b!r}" for name, a, b in blocking)
+        may_change = f"only {', '.join(allowed)}" if allowed else f"nothing {path.name} records"
         raise RunStateError(
             f"--resume: the new configuration differs from {path}: {shown}. A resumed run may change "
-            f"only {', '.join(allowed)}; use another --workdir, or --overwrite to replace the run")
+            f"{may_change}; use another --workdir, or --overwrite to replace the run")
     return [d for d in diffs if d not in blocking]
 
 
