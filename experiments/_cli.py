@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 from absl import app, flags
 
+from experiments import _host_memory
+
 from iarn_jax.data.types import DataError
 from iarn_jax.training.run_records import RunStateError
 
@@ -85,7 +87,12 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def run_main(main: Callable) -> None:
-    """Use instead of ``app.run(main)`` in a launcher's ``__main__`` block."""
+    """Use instead of ``app.run(main)`` in a launcher's ``__main__`` block.
+
+    First re-executes the process once with glibc's huge-page tunable where it applies
+    (``experiments._host_memory``; ``IARN_HOST_MALLOC=default`` switches that off).
+    """
+    _host_memory.reexec_with_huge_pages()
     app.run(guarded(main), flags_parser=parse_flags)
 
 

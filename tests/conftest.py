@@ -11,6 +11,11 @@ import pathlib
 
 import pytest
 
+# Launchers run in subprocesses would re-execute themselves once for glibc's huge-page tunable
+# (experiments/_host_memory.py): a second JAX import per launch, no speed a test needs. Off here;
+# tests/test_host_memory.py turns it back on where it checks it.
+os.environ.setdefault("IARN_HOST_MALLOC", "default")
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATA_ROOT = pathlib.Path(os.environ.get("IARN_DATA_ROOT", REPO_ROOT.parent / "shared" / "data"))
 
