@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from iarn_jax.models.attention import AttentionBiRNN, AttentionGate, attention_gates, last_valid
+from flax import linen as nn
+
+from iarn_jax.models.attention import AttentionBiRNN, AttentionGate, TimeMajorDropout, attention_gates, last_valid
 
 B, T, D, A = 3, 5, 4, 3
 LENGTHS = np.array([0, 3, 5])
@@ -14,6 +16,17 @@ LENGTHS = np.array([0, 3, 5])
 
 def _np_softplus(z, beta=5.0):
     return np.logaddexp(0.0, beta * z) / beta
+
+
+def _tm(a):
+    """Batch-major [b, t, ...] <-> time-major [t, b, ...] (the modules' per-step layout)."""
+    return jnp.swapaxes(jnp.asarray(a), 0, 1)
+
+
+def _birnn_batch_major(module, variables, x, mask, **kwargs):
+    """The bi-RNN on batch-major x [b, t, d], mask [b, t] -> (context [b, t, 2A], summary [b, 2A])."""
+    context, summary = module.apply(variables, _tm(x), _tm(mask), **kwargs)
+    return _tm(context), summary
 
 
 def _np_birnn(p, x):
@@ -39,14 +52,14 @@ def birnn():
     mask = np.arange(T)[None, :] < LENGTHS[:, None]
     x = np.where(mask[..., None], rng.normal(size=(B, T, D)), 0.0).astype(np.float32)
     module = AttentionBiRNN(input_dim=D, attention_size=A, dropout=0.5)
-    variables = module.init(jax.random.key(0), jnp.asarray(x), jnp.asarray(mask))
+    variables = module.init(jax.random.key(0), _tm(x), _tm(mask))
     params = {k: np.asarray(v, np.float64) for k, v in variables["params"].items()}
     return module, variables, params, x, mask
 
 
 def test_birnn_context_and_summary_match_numpy(birnn):
     module, variables, params, x, mask = birnn
-    context, summary = module.apply(variables, jnp.asarray(x), jnp.asarray(mask))
+    context, summary = _birnn_batch_major(module, variables, x, mask)
     for b, length in enumerate(LENGTHS):
         ctx_ref, sum_ref = _np_birnn(params, x[b, :length].astype(np.float64))
         np.testing.assert_allclose(np.asarray(context[b, :length]), ctx_ref, rtol=1e-5, atol=1e-6)
@@ -59,18 +72,17 @@ def test_birnn_extra_padding_changes_nothing(birnn):
     pad = 7
     x_pad = np.concatenate([x, np.random.default_rng(3).normal(size=(B, pad, D)).astype(np.float32)], 1)
     mask_pad = np.concatenate([mask, np.zeros((B, pad), bool)], 1)
-    ctx_a, sum_a = module.apply(variables, jnp.asarray(x), jnp.asarray(mask))
-    ctx_b, sum_b = module.apply(variables, jnp.asarray(x_pad), jnp.asarray(mask_pad))
+    ctx_a, sum_a = _birnn_batch_major(module, variables, x, mask)
+    ctx_b, sum_b = _birnn_batch_major(module, variables, x_pad, mask_pad)
     np.testing.assert_allclose(np.asarray(ctx_b[:, :T]), np.asarray(ctx_a), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(np.asarray(sum_b), np.asarray(sum_a), rtol=1e-6, atol=1e-7)
 
 
 def test_birnn_dropout_only_on_outputs_and_summary_shares_mask(birnn):
     module, variables, params, x, mask = birnn
-    ctx_det, _ = module.apply(variables, jnp.asarray(x), jnp.asarray(mask))
-    ctx, summary = module.apply(
-        variables, jnp.asarray(x), jnp.asarray(mask), deterministic=False, rngs={"dropout": jax.random.key(5)}
-    )
+    ctx_det, _ = _birnn_batch_major(module, variables, x, mask)
+    ctx, summary = _birnn_batch_major(module, variables, x, mask, deterministic=False,
+                                      rngs={"dropout": jax.random.key(5)})
     ctx, ctx_det = np.asarray(ctx), np.asarray(ctx_det)
     valid = np.broadcast_to(mask[..., None], ctx.shape)
     kept = ctx[valid] != 0
@@ -84,9 +96,22 @@ def test_birnn_dropout_only_on_outputs_and_summary_shares_mask(birnn):
 
 
 def test_last_valid_picks_last_step():
-    values = jnp.arange(B * T, dtype=jnp.float32).reshape(B, T, 1)
+    values = jnp.arange(B * T, dtype=jnp.float32).reshape(B, T, 1)  # values[b, t] = 5 b + t
     mask = np.arange(T)[None, :] < LENGTHS[:, None]
-    np.testing.assert_array_equal(np.asarray(last_valid(values, jnp.asarray(mask)))[:, 0], [0.0, 7.0, 14.0])
+    np.testing.assert_array_equal(np.asarray(last_valid(_tm(values), _tm(mask)))[:, 0], [0.0, 7.0, 14.0])
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.3, 1.0])
+def test_time_major_dropout_drops_the_units_batch_major_dropout_drops(rate):
+    """The layout does not change which units a dropout key drops (so the model's numbers do not)."""
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(B, T, 6)), jnp.float32) + 10.0  # no zeros
+    rngs = {"dropout": jax.random.key(9)}
+    batch_major = nn.Dropout(rate).apply({}, x, deterministic=False, rngs=rngs)
+    time_major = TimeMajorDropout(rate).apply({}, _tm(x), deterministic=False, rngs=rngs)
+    np.testing.assert_array_equal(np.asarray(_tm(time_major)), np.asarray(batch_major))
+    kept = np.asarray(time_major != 0.0).mean()
+    assert kept == pytest.approx(1.0 - rate, abs=0.15)
+    np.testing.assert_array_equal(np.asarray(TimeMajorDropout(rate).apply({}, x, deterministic=True)), np.asarray(x))
 
 
 @pytest.mark.parametrize("interacting", [True, False])
@@ -97,7 +122,7 @@ def test_gate_matches_concatenated_mlp(interacting):
     context = rng.normal(size=(B, T, 2 * A)).astype(np.float32)
     other = rng.normal(size=(B, 2 * A)).astype(np.float32)
     gate = AttentionGate(context_dim=2 * A, interacting=interacting)
-    variables = gate.init(jax.random.key(1), jnp.asarray(context), method=AttentionGate.project_context)
+    variables = gate.init(jax.random.key(1), _tm(context), method=AttentionGate.project_context)
     p = {k: np.asarray(v, np.float64) for k, v in variables["params"].items()}
     k = 4 * A if interacting else 2 * A
     assert p["fusion_kernel"].shape == (k, k) and p["score_kernel"].shape == (k, 1)
@@ -108,7 +133,7 @@ def test_gate_matches_concatenated_mlp(interacting):
         summary_proj = module.project_summary(other) if interacting else None
         return module(ctx_proj, mask, summary_proj)
 
-    gates = np.asarray(gate.apply(variables, jnp.asarray(context), jnp.asarray(mask), jnp.asarray(other), method=run))
+    gates = np.asarray(gate.apply(variables, _tm(context), _tm(mask), jnp.asarray(other), method=run)).T  # [b, t]
     for b in range(B):
         for t in range(T):
             z = np.concatenate([context[b, t], 0.25 * other[b]]) if interacting else context[b, t]
@@ -125,8 +150,8 @@ def test_gates_broadcast_one_user_against_candidates():
     summaries = rng.normal(size=(c, k)).astype(np.float32)
     mask = np.arange(T)[None, :] < 3
     v, bias = rng.normal(size=(k, 1)).astype(np.float32), np.array([0.1], np.float32)
-    broadcast = attention_gates(jnp.asarray(ctx_proj), jnp.asarray(summaries), jnp.asarray(mask), v, bias, 2.0)
-    tiled = attention_gates(jnp.asarray(np.repeat(ctx_proj, c, 0)), jnp.asarray(summaries),
-                            jnp.asarray(np.repeat(mask, c, 0)), v, bias, 2.0)
-    assert broadcast.shape == (c, T)
+    broadcast = attention_gates(_tm(ctx_proj), jnp.asarray(summaries), _tm(mask), v, bias, 2.0)
+    tiled = attention_gates(_tm(np.repeat(ctx_proj, c, 0)), jnp.asarray(summaries),
+                            _tm(np.repeat(mask, c, 0)), v, bias, 2.0)
+    assert broadcast.shape == (T, c)
     np.testing.assert_allclose(np.asarray(broadcast), np.asarray(tiled), rtol=1e-6)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from iarn_jax.models.initializers import matmul, rows_matmul
+from iarn_jax.models.initializers import broadcast_over_time, matmul, rows_matmul, sum_over_time
 from iarn_jax.models.recurrence import (
     bidirectional_rnn_scan,
     masked_rnn_scan,
@@ -213,3 +213,21 @@ def test_masked_rnn_custom_vjp_finite_differences_float64(reverse):
         assert args[0].dtype == jnp.float64
         _finite_difference_check(_rnn_loss("softplus", True, reverse), (*args, weights), (0, 2), seed=2)
     assert jnp.ones(1).dtype == jnp.float32
+
+
+def test_broadcast_over_time_gradient_is_the_time_sum():
+    """broadcast_over_time's hand-written VJP (a ones-vector matmul) equals autodiff of broadcast_to,
+    and in float64 matches finite differences."""
+    rng = np.random.default_rng(8)
+    x = jnp.asarray(rng.normal(size=(B, 4)), jnp.float32)
+    weights = jnp.asarray(rng.normal(size=(T, B, 4)), jnp.float32)
+    np.testing.assert_array_equal(np.asarray(broadcast_over_time(x, T)),
+                                  np.broadcast_to(np.asarray(x), (T, B, 4)))
+    fast = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(weights * broadcast_over_time(x, T)))))(x)
+    ref = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(weights * jnp.broadcast_to(x, (T, B, 4))))))(x)
+    _assert_close_rel(fast, ref, 1e-6)
+    np.testing.assert_allclose(np.asarray(sum_over_time(weights)), np.asarray(weights).sum(0), rtol=1e-5, atol=1e-6)
+    with jax.enable_x64(True):
+        x64 = jnp.asarray(rng.normal(size=(B, 4)))
+        w64 = jnp.asarray(rng.normal(size=(T, B, 4)))
+        _finite_difference_check(lambda x, w: jnp.sum(jnp.sin(w * broadcast_over_time(x, T))), (x64, w64), (0,), seed=9)

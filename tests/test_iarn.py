@@ -16,7 +16,7 @@ import pytest
 
 from iarn_jax.models.config import ModelConfig
 from iarn_jax.models.flops import flops_per_example
-from iarn_jax.models.iarn import IARN
+from iarn_jax.models.iarn import IARN, STEP_FIELDS, concatenate_encodings
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 N_USERS, N_ITEMS = 5, 7
@@ -325,6 +325,33 @@ def test_factored_path_equals_call_and_ranks_candidates():
     # gates are also sown for explanation code
     _, state = model.apply(variables, batch, mutable=["intermediates"])
     np.testing.assert_array_equal(np.asarray(state["intermediates"]["item_gates"][0]), np.asarray(aux["item_gates"]))
+
+
+@pytest.mark.parametrize("variant", ["iarn", "tagm", "lstm"])
+def test_encodings_split_select_and_join_along_each_fields_entity_axis(variant):
+    """Per-step fields are time-major [t, n, ...], the rest [n, ...]: selecting entities with
+    map_entities, or joining encodings, equals encoding those entities directly."""
+    batch = make_batch()
+    model, variables = init_model(make_config(variant), batch)
+    names = ("item", "item_history", "item_history_rating", "item_history_mask")
+
+    def encode(rows):
+        return model.apply(variables, *(batch[n][rows] for n in names), method=IARN.encode_item)
+
+    whole = encode(slice(None))
+    assert whole.steps == TI and whole.mask.shape == (TI, B)
+    present = [name for name, value in zip(whole._fields, whole) if value is not None]
+    assert {"entity", "mask"} <= set(present)
+    for name in present:
+        value = getattr(whole, name)
+        assert value.shape[1 if name in STEP_FIELDS else 0] == B, name
+    picked = whole.map_entities(lambda x, axis: np.take(x, [2, 0], axis=axis))
+    joined = concatenate_encodings([encode(slice(0, 1)), encode(slice(1, B))])
+    for name in present:
+        np.testing.assert_allclose(np.asarray(getattr(picked, name)), np.asarray(getattr(encode([2, 0]), name)),
+                                   rtol=1e-6, atol=1e-7, err_msg=name)
+        np.testing.assert_allclose(np.asarray(getattr(joined, name)), np.asarray(getattr(whole, name)),
+                                   rtol=1e-6, atol=1e-7, err_msg=name)
 
 
 def test_dropout_only_when_not_deterministic():

@@ -40,6 +40,11 @@ def data():
     )
 
 
+def _gated_scan_batch_major(proj, gates, kernel, **kwargs):
+    """gated_scan (time-major inputs) on batch-major proj [b, t, h], gates [b, t]."""
+    return gated_scan(jnp.swapaxes(jnp.asarray(proj), 0, 1), jnp.asarray(gates).T, jnp.asarray(kernel), **kwargs)
+
+
 def test_softplus_beta_matches_torch_formula():
     z = np.array([-3.0, -0.2, 0.0, 0.3, 2.0, 4.5, 10.0], np.float32)
     expected = np.where(5 * z > 20, z, np.log1p(np.exp(5 * z.astype(np.float64))) / 5)
@@ -65,7 +70,7 @@ def test_masked_rnn_scan_matches_numpy(data, reverse):
 
 
 def test_gated_scan_matches_numpy(data):
-    final = gated_scan(jnp.asarray(data["proj"]), jnp.asarray(data["gates"]), jnp.asarray(data["kernel"]))
+    final = _gated_scan_batch_major(jnp.asarray(data["proj"]), jnp.asarray(data["gates"]), jnp.asarray(data["kernel"]))
     for b, length in enumerate(LENGTHS):
         h = np.zeros(H)
         for t in range(length):
@@ -103,8 +108,8 @@ def test_extra_padding_changes_nothing(data):
         np.testing.assert_array_equal(np.asarray(out_b[:, T:]), 0.0)
         np.testing.assert_allclose(np.asarray(fin_b), np.asarray(fin_a), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(
-        np.asarray(gated_scan(jnp.asarray(proj), jnp.asarray(gates), kernel)),
-        np.asarray(gated_scan(jnp.asarray(data["proj"]), jnp.asarray(data["gates"]), kernel)), rtol=1e-6, atol=1e-7,
+        np.asarray(_gated_scan_batch_major(jnp.asarray(proj), jnp.asarray(gates), kernel)),
+        np.asarray(_gated_scan_batch_major(jnp.asarray(data["proj"]), jnp.asarray(data["gates"]), kernel)), rtol=1e-6, atol=1e-7,
     )
 
 
@@ -127,8 +132,8 @@ def test_recurrent_layer_params_and_projection():
 
 
 def test_bfloat16_compute_close_to_float32(data):
-    ref = gated_scan(jnp.asarray(data["proj"]), jnp.asarray(data["gates"]), jnp.asarray(data["kernel"]))
-    low = gated_scan(
+    ref = _gated_scan_batch_major(jnp.asarray(data["proj"]), jnp.asarray(data["gates"]), jnp.asarray(data["kernel"]))
+    low = _gated_scan_batch_major(
         jnp.asarray(data["proj"]), jnp.asarray(data["gates"]), jnp.asarray(data["kernel"]), compute_dtype=jnp.bfloat16
     )
     assert low.dtype == jnp.float32  # accumulation and carry stay float32

@@ -47,7 +47,7 @@ import numpy as np
 from iarn_jax.data import batching
 from iarn_jax.data.histories import Histories
 from iarn_jax.data.recency import ItemRecency
-from iarn_jax.models.iarn import IARN, SideEncoding, model_variables
+from iarn_jax.models.iarn import IARN, SideEncoding, concatenate_encodings, model_variables
 
 
 def _pow2_floor(x: int) -> int:
@@ -76,7 +76,7 @@ class _Bucket:
     """The cached encodings of the items whose padded history length is ``T``.
 
     positions: int64 [n] positions (in ``RankingScorer.items``) of the bucket's items, in row order.
-    encoding: SideEncoding with leading dim ``n_padded`` (a multiple of ``max_chunk``); rows past n
+    encoding: SideEncoding of ``n_padded`` entities (a multiple of ``max_chunk``); entities past n
       are padding (item 0 with an empty history; their scores are dropped).
     max_chunk: the largest chunk (a power of two) that divides ``n_padded``.
     """
@@ -210,13 +210,13 @@ class RankingScorer:
         """Predictions [n_padded] of one user [1, ...] against a bucket's items, ``chunk`` at a time."""
         model = self.model
         n = item_encoding.entity.shape[0]
-        chunks = jax.tree_util.tree_map(lambda x: x.reshape((n // chunk, chunk) + x.shape[1:]), item_encoding)
 
-        def one(item_chunk):
+        def one(start):
+            item_chunk = item_encoding.map_entities(lambda x, axis: jax.lax.dynamic_slice_in_dim(x, start, chunk, axis))
             prediction, aux = model.apply(variables, user_encoding, item_chunk, method=IARN.pair)
             return prediction - aux["bias"] if self.score == "interaction" else prediction
 
-        return jax.lax.map(one, chunks).reshape(n)
+        return jax.lax.map(one, jnp.arange(0, n, chunk)).reshape(n)
 
     # -- encodings ---------------------------------------------------------------------------------
     def _histories(self, side: str) -> Histories:
@@ -269,7 +269,7 @@ class RankingScorer:
             batch = min(_pow2_floor(self.encode_batch), max_chunk)  # divides max_chunk, so n_padded
             parts = [self._encode["item"](self.variables, *inputs)
                      for _, inputs in self._batches("item", self.items[positions], int(T), batch, n_padded)]
-            encoding = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *parts)
+            encoding = concatenate_encodings(parts)
             buckets.append(_Bucket(T=int(T), positions=positions, encoding=encoding, max_chunk=max_chunk))
         return buckets
 
@@ -291,7 +291,7 @@ class RankingScorer:
         if self.fast:
             return self.score_matrix(np.asarray([user]), self.items)[0]
         user_encoding = self.encode_user(int(user))
-        user_T = int(user_encoding.mask.shape[1])
+        user_T = user_encoding.steps
         outputs = []
         for bucket in self.buckets:  # dispatched asynchronously, gathered below
             chunk = self._chunk(bucket, user_T)

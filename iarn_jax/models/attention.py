@@ -1,13 +1,15 @@
 """Attention of one tower: the masked bi-directional context RNN and the (interacting) attention gate.
 
 Shapes: ``b`` batch, ``t`` time, ``d`` step-input size, ``A`` attention size per direction,
-``K`` width of the gate's fusion layer (4A for IARN, 2A for TAGM).
+``K`` width of the gate's fusion layer (4A for IARN, 2A for TAGM). Per-step tensors are TIME-MAJOR
+(``[t, b, ...]``), the layout of the scans, so nothing is transposed between the context RNN, the
+gate and the gated scan (the towers' layout, ``iarn_jax.models.iarn``).
 
 Context bi-RNN (reference notes 2.2): two vanilla RNNs with separate weights,
 ``g_t = softplus_beta(W x_t + b_W + U g_{t±1} + b_U)``, beta = 5 (option ``cell="tanh"``: a bounded
 tanh instead, so the state stays in [-1, 1] on any history), initial state 0, masked so padded
 steps never change the state. Each direction's outputs are dropped out (the recurrence uses the
-state before dropout). Context ``s_t = [fwd_t ; bwd_t]`` [b, t, 2A]; summary
+state before dropout). Context ``s_t = [fwd_t ; bwd_t]`` [t, b, 2A]; summary
 ``S = [fwd_{T} ; bwd_1]`` [b, 2A], taken from the dropped-out outputs (same dropout mask as those
 steps), T = the sequence's last valid step. Empty sequences have S = 0.
 
@@ -36,7 +38,14 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from iarn_jax.models.initializers import bias_init, kernel_init, matmul, resolve_dtype, rows_matmul
+from iarn_jax.models.initializers import (
+    bias_init,
+    broadcast_over_time,
+    kernel_init,
+    matmul,
+    resolve_dtype,
+    rows_matmul,
+)
 from iarn_jax.models.recurrence import (
     bidirectional_rnn_scan,
     softplus_beta,
@@ -46,39 +55,56 @@ from iarn_jax.models.recurrence import (
 
 
 def last_valid(values: jax.Array, mask: jax.Array) -> jax.Array:
-    """values [b, t, f] at each sequence's last valid step -> [b, f] (zeros for empty sequences).
-
-    A one-hot select-and-sum rather than a gather: exact (one non-zero term), and its gradient is an
-    elementwise broadcast instead of a scatter into a zero [b, t, f] buffer.
-    """
-    lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
-    last = jnp.arange(values.shape[1])[None, :] == (lengths - 1)[:, None]  # [b, t]; none if empty
-    return jnp.sum(jnp.where(last[..., None], values, 0.0), axis=1)
+    """TIME-MAJOR values [t, b, f] at each sequence's last valid step (mask [t, b], left-aligned) ->
+    [b, f] (zeros for empty sequences). A gather of one row per sequence."""
+    lengths = jnp.sum(mask, axis=0).astype(jnp.int32)  # [b]
+    rows = values[jnp.maximum(lengths - 1, 0), jnp.arange(values.shape[1])]  # [b, f]
+    return jnp.where((lengths > 0)[:, None], rows, 0.0)
 
 
 def attention_gates(
-    context_proj: jax.Array,  # [..., t, K]: M1 s_t + b
-    summary_proj: Optional[jax.Array],  # [..., K]: s * M2 S_other, or None (TAGM)
-    mask: jax.Array,  # [..., t] bool
+    context_proj: jax.Array,  # [t, n, K] time-major: M1 s_t + b
+    summary_proj: Optional[jax.Array],  # [m, K]: s * M2 S_other, or None (TAGM)
+    mask: jax.Array,  # [t, n] bool
     score_kernel: jax.Array,  # [K, 1]: v
     score_bias: jax.Array,  # [1]: c
     logit_scale: float,
     compute_dtype=jnp.float32,
-    match_logits: Optional[jax.Array] = None,  # [..., t]: x_t^T B e_target (gate_match option)
+    match_logits: Optional[jax.Array] = None,  # [t, m]: x_t^T B e_target (gate_match option)
 ) -> jax.Array:
-    """a_t = sigmoid(w * (v^T tanh(context_proj_t + summary_proj) + c [+ match_t])), exactly 0 on
-    padding.
+    """a_t = sigmoid(w * (v^T tanh(context_proj_t + summary_proj) + c [+ match_t])) [t, m], exactly 0
+    on padding.
 
-    Leading dims broadcast (e.g. one user's context [1, t, K] against C items' summaries [C, K]).
+    The entity dims n and m broadcast (e.g. one user's context [t, 1, K] against C items' summaries
+    [C, K] gives [t, C]).
     """
     fused = context_proj
     if summary_proj is not None:
-        fused = fused + summary_proj[..., None, :]
+        fused = fused + broadcast_over_time(summary_proj, context_proj.shape[0])
     logits = matmul(jnp.tanh(fused), score_kernel, compute_dtype)[..., 0] + score_bias[0]
     if match_logits is not None:
         logits = logits + match_logits
     gates = jax.nn.sigmoid(logit_scale * logits)
     return jnp.where(mask, gates, 0.0)
+
+
+class TimeMajorDropout(nn.Module):
+    """``nn.Dropout`` of a TIME-MAJOR input [t, b, ...] that drops the units ``nn.Dropout`` would drop
+    in the batch-major [b, t, ...] layout (the same key and mask shape, the mask transposed), so the
+    layout does not change which units a given dropout key drops."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        if self.rate == 0.0 or deterministic:
+            return x
+        if self.rate == 1.0:
+            return jnp.zeros_like(x)
+        keep = 1.0 - self.rate
+        batch_major = (x.shape[1], x.shape[0]) + x.shape[2:]
+        mask = jax.random.bernoulli(self.make_rng("dropout"), p=keep, shape=batch_major)
+        return jax.lax.select(jnp.swapaxes(mask, 0, 1), x / keep, jnp.zeros_like(x))
 
 
 class AttentionBiRNN(nn.Module):
@@ -108,12 +134,12 @@ class AttentionBiRNN(nn.Module):
                 self.param(f"{direction}_recurrent_bias", bias_init(a, self.torch_init), (a,)),
             )
         self.direction_params = params
-        self.output_dropout = nn.Dropout(self.dropout)
+        self.output_dropout = TimeMajorDropout(self.dropout)
 
     def __call__(
         self, x: jax.Array, mask: jax.Array, *, deterministic: bool = True
     ) -> tuple[jax.Array, jax.Array]:
-        """x [b, t, d], mask [b, t] -> (context [b, t, 2A], summary [b, 2A])."""
+        """TIME-MAJOR x [t, b, d], mask [t, b] -> (context [t, b, 2A] time-major, summary [b, 2A])."""
         dtype = resolve_dtype(self.compute_dtype)
         beta = self.softplus_beta
         if self.cell == "tanh":
@@ -125,22 +151,19 @@ class AttentionBiRNN(nn.Module):
             raise ValueError(f"unknown attention cell {self.cell!r}")
         a = self.attention_size
         (wf, bf, uf, rbf), (wb, bb, ub, rbb) = (self.direction_params[d] for d in ("forward", "backward"))
-        # Input projections hoisted out of the scan, time-major; the backward direction's inputs are
-        # reversed before projecting (x is d wide, cheaper to flip than the A-wide projection).
-        x_tm = jnp.swapaxes(x, 0, 1)  # [t, b, d]
-        mask_tm = jnp.swapaxes(mask, 0, 1)  # [t, b]
-        proj_fwd = rows_matmul(x_tm, wf, dtype) + (bf + rbf)  # [t, b, A]
-        proj_bwd_rev = rows_matmul(x_tm[::-1], wb, dtype) + (bb + rbb)  # [t, b, A], reversed time
+        # Input projections hoisted out of the scan; the backward direction's inputs are reversed
+        # before projecting (x is d wide, cheaper to flip than the A-wide projection).
+        proj_fwd = rows_matmul(x, wf, dtype) + (bf + rbf)  # [t, b, A]
+        proj_bwd_rev = rows_matmul(x[::-1], wb, dtype) + (bb + rbb)  # [t, b, A], reversed time
         fwd, bwd_rev = bidirectional_rnn_scan(
-            proj_fwd, proj_bwd_rev, mask_tm, mask_tm[::-1], uf, ub,
+            proj_fwd, proj_bwd_rev, mask, mask[::-1], uf, ub,
             activation=activation, compute_dtype=dtype, unroll=self.unroll, output_derivative=derivative,
         )
-        # [b, t, 2A], zeros on padding; un-reversing fuses into the transpose back to batch-major.
-        context = jnp.swapaxes(jnp.concatenate([fwd, bwd_rev[::-1]], axis=-1), 0, 1)
+        context = jnp.concatenate([fwd, bwd_rev[::-1]], axis=-1)  # [t, b, 2A], zeros on padding
         # Dropout on the outputs only (per step, per unit, not variational), as the reference.
         context = self.output_dropout(context, deterministic=deterministic or self.dropout == 0.0)
         summary = jnp.concatenate(
-            [last_valid(context[..., :a], mask), context[:, 0, a:]], axis=-1
+            [last_valid(context[..., :a], mask), context[0, :, a:]], axis=-1
         )  # [fwd at last valid step ; bwd at step 1]
         return context, summary
 
@@ -185,8 +208,8 @@ class AttentionGate(nn.Module):
             self.step_kernel = self.param("step_kernel", kernel_init(k_in, self.torch_init), (self.step_dim, k))
 
     def project_context(self, context: jax.Array, step_inputs: Optional[jax.Array] = None) -> jax.Array:
-        """context [..., t, 2A] (and, with ``step_dim``, the step inputs x [..., t, d]) ->
-        M1 s_t (+ M0 x_t) + b [..., t, K] for all steps at once."""
+        """context [t, n, 2A] (and, with ``step_dim``, the step inputs x [t, n, d]) ->
+        M1 s_t (+ M0 x_t) + b [t, n, K] for all steps at once (row-wise: any leading layout)."""
         dtype = resolve_dtype(self.compute_dtype)
         m1 = self.fusion_kernel[: self.context_dim]
         projected = rows_matmul(context, m1, dtype) + self.fusion_bias
@@ -211,23 +234,23 @@ class AttentionGate(nn.Module):
         return self.summary_scale * projected
 
     def match_keys(self, step_embeddings: jax.Array) -> jax.Array:
-        """Step embeddings [..., t, D] -> x_t^T B [..., t, D] (gate_match; once per history)."""
+        """Step embeddings [t, n, D] -> x_t^T B [t, n, D] (gate_match; once per history)."""
         return rows_matmul(step_embeddings, self.match_kernel, resolve_dtype(self.compute_dtype))
 
     def __call__(
         self, context_proj: jax.Array, mask: jax.Array, summary_proj: Optional[jax.Array] = None,
         match_keys: Optional[jax.Array] = None, match_query: Optional[jax.Array] = None,
     ) -> jax.Array:
-        """Gates [..., t] from ``project_context`` output and (IARN) ``project_summary`` output;
-        with ``match_dim``, plus the match logits ``<match_keys_t, match_query>`` (keys [..., t, D],
-        query = the target's embedding [..., D]; leading dims broadcast)."""
+        """Gates [t, m] from ``project_context`` output [t, n, K] and (IARN) ``project_summary`` output
+        [m, K]; with ``match_dim``, plus the match logits ``<match_keys_t, match_query>`` (keys
+        [t, n, D], query = the target's embedding [m, D]); n and m broadcast; mask [t, n]."""
         if self.interacting and summary_proj is None:
             raise ValueError("the interacting gate needs the other side's projected summary")
         match_logits = None
         if self.match_dim:
             if match_keys is None or match_query is None:
                 raise ValueError("this gate was built with a step/target match; pass keys and query")
-            match_logits = jnp.sum(match_keys * match_query[..., None, :], axis=-1)
+            match_logits = jnp.sum(match_keys * broadcast_over_time(match_query, match_keys.shape[0]), axis=-1)
         return attention_gates(
             context_proj, summary_proj, mask, self.score_kernel, self.score_bias,
             self.gate_logit_scale, resolve_dtype(self.compute_dtype), match_logits,

@@ -26,13 +26,17 @@ the ``"features"`` collection of item feature tables; ``initialize`` creates the
 scoring. Gates are also sown into the ``"intermediates"`` collection (``user_gates``,
 ``item_gates``) when that collection is mutable.
 
+Layout: per-step tensors are time-major (``[t, n, ...]``) from the step inputs to the gated scan, the
+layout the scans iterate over; the inputs (batches) and the outputs (``aux`` gates ``[m, t]``) stay
+batch-major. The model's numbers do not depend on the layout (the same dropout units are dropped).
+
 Shapes: ``b`` batch, ``tu`` / ``ti`` padded history lengths, ``d`` step-input size
 (embed_dim + use_rating_input), ``A`` attention size, ``K`` gate width (4A IARN, 2A TAGM),
 ``h`` hidden size, ``G`` = 4 for LSTM else 1.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple, Optional
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -65,19 +69,24 @@ def initialize(model: "IARN", rng: jax.Array, batch: dict, constants: Optional[M
 
 
 class SideEncoding(NamedTuple):
-    """Everything of one side that depends only on that entity's own history (leading dim n).
+    """Everything of one side that depends only on that entity's own history (n entities).
+
+    The per-step fields (:data:`STEP_FIELDS`) are TIME-MAJOR, ``[t, n, ...]``: the layout of the scans
+    that read them, so no transpose sits between the context RNN, the gates and the gated scan. Their
+    entity axis is 1; every other field's is 0. Select, repeat or join entities with
+    :meth:`map_entities` / :func:`concatenate_encodings`, which know each field's axis.
 
     entity: [n] user / item id (for the bias terms).
-    mask: [n, t] bool, True on valid steps.
-    input_proj: [n, t, G h] hoisted recurrent-layer input projection x W + b_W + b_U
+    mask: [t, n] bool, True on valid steps.
+    input_proj: [t, n, G h] hoisted recurrent-layer input projection x W + b_W + b_U
       (None once the recurrent layer has run in the encoder, i.e. for non-interacting variants).
-    context_proj: [n, t, K] attention context projected by this side's M1 (+ bias); None for rnn/lstm.
+    context_proj: [t, n, K] attention context projected by this side's M1 (+ bias); None for rnn/lstm.
     summary: [n, 2A] attention summary S = [fwd at last valid step ; bwd at step 1]; None for rnn/lstm.
     summary_for_other: [n, K] s * M2_other S, S projected by the *other* side's gate (IARN only).
-    gates: [n, t] gates when they do not depend on the pair (TAGM; mask as float for rnn/lstm);
+    gates: [t, n] gates when they do not depend on the pair (TAGM; mask as float for rnn/lstm);
       None for IARN (computed in ``pair``).
     final_state: [n, h] final recurrent state when it does not depend on the pair; None for IARN.
-    match_keys: [n, t, D] x_t^T B of this side's steps (``gate_match`` only).
+    match_keys: [t, n, D] x_t^T B of this side's steps (``gate_match`` only).
     match_query_for_other: [n, D] this entity's embedding in the *other* tower's table, the query
       of the other side's match (``gate_match`` only).
     recency: [n, K + 1] the item's recency features at the pair's time (item side with
@@ -95,6 +104,32 @@ class SideEncoding(NamedTuple):
     match_keys: Optional[jax.Array] = None
     match_query_for_other: Optional[jax.Array] = None
     recency: Optional[jax.Array] = None
+
+    @property
+    def steps(self) -> int:
+        """t, the padded history length."""
+        return int(self.mask.shape[0])
+
+    def map_entities(self, fn) -> "SideEncoding":
+        """A new encoding with ``fn(field, axis)`` applied to every present field along its entity axis
+        (1 for :data:`STEP_FIELDS`, 0 otherwise), e.g. ``lambda x, axis: jnp.repeat(x, k, axis=axis)``."""
+        return SideEncoding(*(None if value is None else fn(value, entity_axis(name))
+                              for name, value in zip(self._fields, self)))
+
+
+STEP_FIELDS = frozenset({"mask", "input_proj", "context_proj", "gates", "match_keys"})
+
+
+def entity_axis(field: str) -> int:
+    """The entity axis of a :class:`SideEncoding` field: 1 for the time-major per-step fields, else 0."""
+    return 1 if field in STEP_FIELDS else 0
+
+
+def concatenate_encodings(parts: Sequence[SideEncoding]) -> SideEncoding:
+    """The encodings' entities joined in order (each field along its entity axis)."""
+    first = parts[0]
+    return SideEncoding(*(None if value is None else jnp.concatenate([p[i] for p in parts], axis=entity_axis(name))
+                          for i, (name, value) in enumerate(zip(first._fields, first))))
 
 
 def _broadcast_leading(x: jax.Array, n: int) -> jax.Array:
@@ -207,16 +242,21 @@ class Tower(nn.Module):
     ) -> SideEncoding:
         cfg = self.config
         mask = mask.astype(bool)
-        x = self.step_inputs(history, history_rating, mask, target_item=target_item, feature_tables=feature_tables)
-        input_proj = self.recurrent.project_inputs(x)  # [n, t, G h], hoisted out of the scan
+        if self.feature_encoder is None:  # built time-major from the transposed ids: no float transpose
+            x = self.step_inputs(history.T, history_rating.T, mask.T)  # [t, n, d]
+        else:  # the encoders read batch-major [n, t, D] steps
+            x = jnp.swapaxes(self.step_inputs(history, history_rating, mask, target_item=target_item,
+                                              feature_tables=feature_tables), 0, 1)
+        mask = mask.T  # [t, n]
+        input_proj = self.recurrent.project_inputs(x)  # [t, n, G h], hoisted out of the scan
         encoding = SideEncoding(entity=entity, mask=mask, input_proj=input_proj)
         if not cfg.gated:
             final_state = self.recurrent.run(input_proj, mask)
             return encoding._replace(
                 input_proj=None, gates=mask.astype(final_state.dtype), final_state=final_state
             )
-        context, summary = self.attention(x, mask, deterministic=deterministic)
-        context_proj = self.gate.project_context(context, x if cfg.gate_step_input else None)  # [n, t, K]
+        context, summary = self.attention(x, mask, deterministic=deterministic)  # [t, n, 2A], [n, 2A]
+        context_proj = self.gate.project_context(context, x if cfg.gate_step_input else None)  # [t, n, K]
         encoding = encoding._replace(context_proj=context_proj, summary=summary)
         if cfg.gate_match:
             encoding = encoding._replace(match_keys=self.gate.match_keys(x[..., : cfg.embed_dim]))
@@ -245,13 +285,14 @@ class Tower(nn.Module):
     def pair_state(
         self, encoding: SideEncoding, other: SideEncoding
     ) -> tuple[jax.Array, jax.Array]:
-        """(final state [m, h], gates [m, t]) of this side for the pair with ``other``."""
+        """(final state [m, h], gates [t, m] time-major) of this side for the pair with ``other``."""
         if encoding.final_state is not None:
             return encoding.final_state, encoding.gates
         gates = self.gate(encoding.context_proj, encoding.mask, other.summary_for_other,
-                          encoding.match_keys, other.match_query_for_other)  # [m, t]
-        m = gates.shape[0]
-        final_state = self.recurrent.run(_broadcast_leading(encoding.input_proj, m), None, gates)
+                          encoding.match_keys, other.match_query_for_other)  # [t, m]
+        input_proj = encoding.input_proj
+        input_proj = jnp.broadcast_to(input_proj, (input_proj.shape[0], gates.shape[1]) + input_proj.shape[2:])
+        final_state = self.recurrent.run(input_proj, None, gates)
         return final_state, gates
 
     def represent(self, final_state: jax.Array, entity: Optional[jax.Array] = None, *,
@@ -399,8 +440,8 @@ class IARN(nn.Module):
         prediction = jnp.sum(user_repr * item_repr, axis=-1) + bias
         m = prediction.shape[0]
         aux = {
-            "user_gates": _broadcast_leading(user_gates, m),
-            "item_gates": _broadcast_leading(item_gates, m),
+            "user_gates": _broadcast_leading(user_gates.T, m),  # [m, tu], batch-major for readers
+            "item_gates": _broadcast_leading(item_gates.T, m),
             "user_representation": _broadcast_leading(user_repr, m),
             "item_representation": _broadcast_leading(item_repr, m),  # [m, h (+ S)]
             "bias": _broadcast_leading(jnp.asarray(bias, prediction.dtype), m),
@@ -427,7 +468,7 @@ class IARN(nn.Module):
         b = batch["user"].shape[0]
         k = batch["neg_item"].shape[0] // b
         positive, aux = self.pair(user_encoding, item_encoding, deterministic=deterministic)
-        repeated = jax.tree_util.tree_map(lambda x: jnp.repeat(x, k, axis=0), user_encoding)
+        repeated = user_encoding.map_entities(lambda x, axis: jnp.repeat(x, k, axis=axis))
         negative, _ = self.pair(repeated, negative_encoding, deterministic=deterministic)
         return positive, negative.reshape(b, k), aux
 
@@ -451,7 +492,10 @@ class IARN(nn.Module):
 
 __all__ = [
     "IARN",
+    "STEP_FIELDS",
     "SideEncoding",
+    "concatenate_encodings",
+    "entity_axis",
     "Tower",
     "initialize",
     "model_variables",

@@ -109,3 +109,34 @@ def _rows_matmul_bwd(compute_dtype, residuals, dy):
 
 _rows_matmul = jax.custom_vjp(_rows_matmul_primal, nondiff_argnums=(2,))
 _rows_matmul.defvjp(_rows_matmul_fwd, _rows_matmul_bwd)
+
+
+def sum_over_time(x: jax.Array) -> jax.Array:
+    """x [t, ...] summed over the leading (time) axis -> [...], as a ones-vector matmul: XLA CPU runs a
+    reduction over the leading axis of a large array ~70x slower (41 vs 0.6 ms for [50, 512, 256])."""
+    steps = x.shape[0]
+    return jnp.matmul(jnp.ones((steps,), x.dtype), x.reshape(steps, -1)).reshape(x.shape[1:])
+
+
+def broadcast_over_time(x: jax.Array, steps: int) -> jax.Array:
+    """x [...] -> [steps, ...], the same values at every step (a time-major per-entity term such as
+    the other side's projected summary). Its gradient is :func:`sum_over_time` of the cotangent;
+    autodiff's would be the slow leading-axis reduction."""
+    return _broadcast_over_time(x, steps)
+
+
+def _broadcast_over_time_primal(x, steps):
+    return jnp.broadcast_to(x[None], (steps,) + x.shape)
+
+
+def _broadcast_over_time_fwd(x, steps):
+    return _broadcast_over_time_primal(x, steps), None
+
+
+def _broadcast_over_time_bwd(steps, residuals, dy):
+    del steps, residuals
+    return (sum_over_time(dy),)
+
+
+_broadcast_over_time = jax.custom_vjp(_broadcast_over_time_primal, nondiff_argnums=(1,))
+_broadcast_over_time.defvjp(_broadcast_over_time_fwd, _broadcast_over_time_bwd)

@@ -301,21 +301,22 @@ _rnn_custom.defvjp(_rnn_fwd, _rnn_bwd)
 
 
 def gated_scan(
-    input_proj: jax.Array,  # [b, t, h]: x_t W + b_W + b_U
-    gates: jax.Array,  # [b, t]: attention gates, exactly 0 on padded steps
+    input_proj: jax.Array,  # [t, b, h] time-major: x_t W + b_W + b_U
+    gates: jax.Array,  # [t, b]: attention gates, exactly 0 on padded steps
     recurrent_kernel: jax.Array,  # [h, h]
     *,
     compute_dtype=jnp.float32,
     unroll: Optional[int] = None,
 ) -> jax.Array:
-    """Attention-gated recurrence (TAGM cell, reference notes 2.4), h_0 = 0:
+    """Attention-gated recurrence (TAGM cell, reference notes 2.4), h_0 = 0, over TIME-MAJOR inputs
+    (the towers' layout: no transpose before the scan):
 
         h'_t = relu(input_proj_t + h_{t-1} U)
         h_t  = (1 - a_t) h_{t-1} + a_t h'_t
 
     Returns the final state h_T [b, h]; with a_t = 0 on padding it is the last valid state.
     """
-    batch, _, hidden = input_proj.shape
+    _, batch, hidden = input_proj.shape
     kernel = cast_for_matmul(recurrent_kernel, compute_dtype)
     carry0 = jnp.zeros((batch, hidden), input_proj.dtype)
 
@@ -325,9 +326,7 @@ def gated_scan(
         gate_t = gate_t[:, None]
         return (1.0 - gate_t) * state + gate_t * candidate, None
 
-    final, _ = jax.lax.scan(
-        step, carry0, (_time_major(input_proj), _time_major(gates)), unroll=_unroll(unroll)
-    )
+    final, _ = jax.lax.scan(step, carry0, (input_proj, gates), unroll=_unroll(unroll))
     return final
 
 
@@ -408,14 +407,18 @@ class RecurrentLayer(nn.Module):
         return rows_matmul(x, self.input_kernel, dtype) + (self.input_bias + self.recurrent_bias)
 
     def run(
-        self, input_proj: jax.Array, mask: jax.Array, gates: Optional[jax.Array] = None
+        self, input_proj: jax.Array, mask: Optional[jax.Array], gates: Optional[jax.Array] = None
     ) -> jax.Array:
-        """Final state [b, h] from the projected inputs [b, t, G h]; ``gates`` [b, t] for "gated"."""
+        """Final state [b, h] from the TIME-MAJOR projected inputs [t, b, G h] (``project_inputs`` of
+        time-major step inputs), ``mask`` [t, b] (rnn / lstm) and ``gates`` [t, b] ("gated")."""
         dtype = resolve_dtype(self.compute_dtype)
         if self.cell == "gated":
             if gates is None:
                 raise ValueError("the gated cell needs attention gates")
             return gated_scan(input_proj, gates, self.recurrent_kernel, compute_dtype=dtype)
+        # masked_rnn_scan / masked_lstm_scan take batch-major inputs and transpose them back to
+        # time-major: XLA folds the two transposes into none
+        input_proj, mask = jnp.swapaxes(input_proj, 0, 1), jnp.swapaxes(mask, 0, 1)
         if self.cell == "rnn":
             beta = self.softplus_beta
             activation = lambda z: softplus_beta(z, beta)  # noqa: E731
