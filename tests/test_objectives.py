@@ -292,3 +292,24 @@ def test_gate_saturation_statistic_on_a_hand_made_case():
     batch["weight"] = np.array([1.0, 0.0], np.float32)  # a padding example counts for nothing
     stats = np.asarray(make_gate_stats_step(apply_fn, make_mesh(jax.devices()[:1]))({}, batch))
     np.testing.assert_array_equal(stats, [[2, 3], [0, 4]])
+
+
+def test_eval_with_gate_stats_returns_the_eval_predictions_and_the_stats_steps_counts():
+    """The final test pass's one-program step: predictions as the eval step, counts as the stats step."""
+    from iarn_jax.training.step import make_eval_step, make_eval_with_gate_stats_step, make_gate_stats_step, make_mesh
+
+    rng = np.random.default_rng(0)
+    batch = {"weight": np.array([1.0, 1.0, 0.0], np.float32), "rating": rng.normal(size=3).astype(np.float32),
+             "user_history_mask": rng.uniform(size=(3, 5)) < 0.7, "item_history_mask": rng.uniform(size=(3, 4)) < 0.7,
+             "user_g": rng.uniform(size=(3, 5)).astype(np.float32) ** 3, "item_g": rng.uniform(size=(3, 4)).astype(np.float32)}
+    batch["user_g"][0, :2] = 0.999
+
+    def apply_fn(params, b, deterministic, rngs, constants):
+        return b["rating"] * params["scale"], {"user_gates": b["user_g"], "item_gates": b["item_g"]}
+
+    mesh, params = make_mesh(jax.devices()[:1]), {"scale": np.float32(3.0)}
+    pred, stats = make_eval_with_gate_stats_step(apply_fn, mesh)(params, batch)
+    np.testing.assert_array_equal(np.asarray(pred), np.asarray(make_eval_step(apply_fn, mesh)(params, batch)))
+    np.testing.assert_array_equal(np.asarray(stats), np.asarray(make_gate_stats_step(apply_fn, mesh)(params, batch)))
+    valid_user = batch["user_history_mask"][:2]
+    assert np.asarray(stats)[0, 1] == valid_user.sum() > 0

@@ -17,8 +17,8 @@ from iarn_jax.models.iarn import IARN, model_variables
 from iarn_jax.training.config import TrainConfig
 from iarn_jax.training.input_pipeline import PreparedData, eval_batches, local_rows, with_negatives
 from iarn_jax.training.objectives import sampled_auc
-from iarn_jax.training.step import (make_apply_fn, make_eval_step, make_gate_stats_step, make_negative_eval_step,
-                                    put_batch)
+from iarn_jax.training.step import (make_apply_fn, make_eval_step, make_eval_with_gate_stats_step,
+                                    make_negative_eval_step, put_batch)
 
 
 def predict_pairs(
@@ -31,6 +31,27 @@ def predict_pairs(
         valid = idx >= 0
         out[idx[valid]] = pred[valid]
     return out
+
+
+def predict_pairs_with_gate_stats(
+    step: Callable, params: Any, pairs: Any, data: PreparedData, config: TrainConfig, mesh
+) -> tuple[np.ndarray, dict]:
+    """(predictions [N] in the PairSet's order, ``{side}_gates_saturated`` shares) from one pass of
+    ``step`` (``make_eval_with_gate_stats_step``): the share of valid history steps whose gate is
+    saturated (< 0.01 or > 0.99 by default), per side."""
+    out = np.zeros(len(pairs.user), np.float32)
+    totals = np.zeros((2, 2))
+    for idx, batch in eval_batches(pairs, data, config, n_devices=mesh.devices.size):
+        pred, stats = jax.device_get(step(params, put_batch(local_rows(batch), mesh)))
+        valid = idx >= 0
+        out[idx[valid]] = np.asarray(pred)[valid]
+        totals += np.asarray(stats)
+    return out, _saturation_shares(totals)
+
+
+def _saturation_shares(totals: np.ndarray) -> dict:
+    return {f"{side}_gates_saturated": float(totals[i, 0] / max(totals[i, 1], 1.0))
+            for i, side in enumerate(("user", "item"))}
 
 
 def rating_metrics(pred: np.ndarray, target: np.ndarray, rating_scale) -> dict:
@@ -67,8 +88,7 @@ def gate_saturation(stats_step: Callable, params: Any, pairs: Any, data: Prepare
     totals = np.zeros((2, 2))
     for _, batch in eval_batches(pairs, data, cfg, n_devices=mesh.devices.size):
         totals += np.asarray(jax.device_get(stats_step(params, put_batch(local_rows(batch), mesh))))
-    return {f"{side}_gates_saturated": float(totals[i, 0] / max(totals[i, 1], 1.0))
-            for i, side in enumerate(("user", "item"))}
+    return _saturation_shares(totals)
 
 
 @dataclasses.dataclass
@@ -113,14 +133,15 @@ class Validator:
         validation = self.metrics(params)
         val = rating_metrics(predict_pairs(self.eval_step, params, data.val, data, self.cfg, self.mesh),
                              data.val.rating, scale)
-        test = rating_metrics(predict_pairs(self.eval_step, params, data.test, data, self.cfg, self.mesh),
-                              data.test.rating, scale)
-        out = {"test_rmse": test["rmse"], "test_mae": test["mae"], "val_rmse": val["rmse"],
-               **({"val_auc_sampled": validation["auc"]} if "auc" in validation else {})}
+        saturation = {}
         if self.model.config.gated:  # a tower whose gates all sit at 0 or 1 is visible at once
-            stats_step = make_gate_stats_step(make_apply_fn(self.model), self.mesh, constants=self.constants)
-            out.update(gate_saturation(stats_step, params, data.test, data, self.cfg, self.mesh))
-        return out
+            step = make_eval_with_gate_stats_step(make_apply_fn(self.model), self.mesh, constants=self.constants)
+            test_pred, saturation = predict_pairs_with_gate_stats(step, params, data.test, data, self.cfg, self.mesh)
+        else:
+            test_pred = predict_pairs(self.eval_step, params, data.test, data, self.cfg, self.mesh)
+        test = rating_metrics(test_pred, data.test.rating, scale)
+        return {"test_rmse": test["rmse"], "test_mae": test["mae"], "val_rmse": val["rmse"],
+                **({"val_auc_sampled": validation["auc"]} if "auc" in validation else {}), **saturation}
 
 
 def make_validator(model: IARN, data: PreparedData, cfg: TrainConfig, mesh,

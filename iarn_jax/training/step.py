@@ -131,23 +131,42 @@ def make_eval_step(apply_fn: Callable, mesh: Mesh, constants: Optional[Constants
     return _with_constants(compiled, constants, mesh)
 
 
+def gate_statistics(batch: Batch, aux: dict, low: float = 0.01, high: float = 0.99) -> jax.Array:
+    """[2, 2] float32: per side (user, item), the number of valid history steps of real examples whose
+    gate is saturated (< low or > high), and the number of valid steps of real examples."""
+    rows = []
+    for side in ("user", "item"):
+        valid = batch[f"{side}_history_mask"] & (batch["weight"][:, None] > 0)
+        gates = aux[f"{side}_gates"]
+        saturated = valid & ((gates < low) | (gates > high))
+        rows.append(jnp.stack([jnp.sum(saturated), jnp.sum(valid)]).astype(jnp.float32))
+    return jnp.stack(rows)
+
+
 def make_gate_stats_step(apply_fn: Callable, mesh: Mesh, low: float = 0.01, high: float = 0.99,
                          constants: Optional[Constants] = None):
-    """jit-compiled (params, batch) -> [2, 2] float32: per side (user, item), the number of valid history
-    steps whose gate is saturated (< low or > high) and the number of valid steps of real examples."""
+    """jit-compiled (params, batch) -> :func:`gate_statistics` [2, 2] of the batch (dropout off)."""
 
     def stats(params, batch: Batch, constants: Constants):
         _, aux = apply_fn(params, batch, True, None, constants)
-        rows = []
-        for side in ("user", "item"):
-            valid = batch[f"{side}_history_mask"] & (batch["weight"][:, None] > 0)
-            gates = aux[f"{side}_gates"]
-            saturated = valid & ((gates < low) | (gates > high))
-            rows.append(jnp.stack([jnp.sum(saturated), jnp.sum(valid)]).astype(jnp.float32))
-        return jnp.stack(rows)
+        return gate_statistics(batch, aux, low, high)
 
     rep = replicated(mesh)
     compiled = jax.jit(stats, in_shardings=(rep, data_sharded(mesh), rep), out_shardings=rep)
+    return _with_constants(compiled, constants, mesh)
+
+
+def make_eval_with_gate_stats_step(apply_fn: Callable, mesh: Mesh, low: float = 0.01, high: float = 0.99,
+                                   constants: Optional[Constants] = None):
+    """jit-compiled (params, batch) -> (pred [B], :func:`gate_statistics` [2, 2]) from ONE forward pass
+    (dropout off): the final test pass compiles one program per batch shape instead of two."""
+
+    def eval_step(params, batch: Batch, constants: Constants):
+        pred, aux = apply_fn(params, batch, True, None, constants)
+        return pred.astype(jnp.float32), gate_statistics(batch, aux, low, high)
+
+    rep = replicated(mesh)
+    compiled = jax.jit(eval_step, in_shardings=(rep, data_sharded(mesh), rep), out_shardings=(rep, rep))
     return _with_constants(compiled, constants, mesh)
 
 
