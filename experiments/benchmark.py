@@ -266,7 +266,8 @@ def run_epoch(protocol: str = "clothing", data_root: Optional[str] = None, batch
     model = IARN(loop.complete_model_config(ModelConfig(variant="iarn"), split))
     mesh = make_mesh()
     plan = batching.make_batch_plan(data.train, batch_size, seed=cfg.seed, epoch=0,
-                                    bucket_lengths=cfg.bucket_lengths, max_len=cfg.max_len)
+                                    bucket_lengths=cfg.bucket_lengths, max_len=cfg.max_len,
+                                    rare_shape_batches=cfg.rare_shape_batches)
     k = len(plan) if max_steps is None else min(max_steps, len(plan))
 
     def host(j):

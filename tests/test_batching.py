@@ -7,6 +7,7 @@ import pytest
 
 from iarn_jax.data.batching import (
     bucket_length,
+    coarse_length,
     iterate_batches,
     iterate_eval_batches,
     make_batch_plan,
@@ -190,3 +191,31 @@ def test_empty_pairs():
     assert len(plan) == 0 and padding_fraction(plan, pairs) == 0.0
     batch = materialize(np.full(4, -1), pairs, uh, ih)
     assert batch["weight"].sum() == 0 and batch["user_history"].shape == (4, 8)
+
+
+def test_coarse_length_hand_worked():
+    got = [coarse_length(t) for t in (1, 8, 16, 17, 64, 65, 256, 257, 512, 600)]
+    assert got == [16, 16, 16, 64, 64, 256, 256, 512, 512, 768]
+    assert coarse_length(17, max_len=32) == 32 and coarse_length(8, max_len=8) == 8
+
+
+@pytest.mark.parametrize("threshold", [3, 1000])
+def test_rare_buckets_are_padded_to_coarse_shapes_with_the_same_batches(threshold):
+    _, uh, ih, pairs = _random_setup(n=600)
+    own = make_batch_plan(pairs, 16, seed=2, epoch=1)
+    merged = make_batch_plan(pairs, 16, seed=2, epoch=1, rare_shape_batches=threshold)
+    np.testing.assert_array_equal(merged.indices, own.indices)  # same pairs, same batches, same order
+    own_shapes = list(zip(own.user_T.tolist(), own.item_T.tolist()))
+    counts = {shape: own_shapes.count(shape) for shape in own_shapes}
+    for k, shape in enumerate(own_shapes):
+        expected = (coarse_length(shape[0]), coarse_length(shape[1])) if counts[shape] < threshold else shape
+        assert (merged.user_T[k], merged.item_T[k]) == expected
+    assert any(counts[s] < threshold for s in own_shapes)
+    assert len(set(zip(merged.user_T.tolist(), merged.item_T.tolist()))) < len(counts)
+    # a padded batch holds the same histories, only with more padding steps after them
+    k = next(k for k, s in enumerate(own_shapes) if counts[s] < threshold and merged.user_T[k] > s[0])
+    small, large = materialize(own[k], pairs, uh, ih), materialize(merged[k], pairs, uh, ih)
+    for side, T in (("user", own.user_T[k]), ("item", own.item_T[k])):
+        for field in ("history", "history_rating", "history_mask"):
+            np.testing.assert_array_equal(large[f"{side}_{field}"][:, :T], small[f"{side}_{field}"])
+            assert not large[f"{side}_history_mask"][:, T:].any()

@@ -129,7 +129,8 @@ def train_batches(data: PreparedData, cfg: TrainConfig, epoch: int, start: int =
     drawn from (seed, epoch, batch): a resumed run draws the same ones.
     """
     plan = batching.make_batch_plan(data.train, cfg.batch_size, seed=cfg.seed, epoch=epoch,
-                                    bucket_lengths=cfg.bucket_lengths, max_len=cfg.max_len)
+                                    bucket_lengths=cfg.bucket_lengths, max_len=cfg.max_len,
+                                    rare_shape_batches=cfg.rare_shape_batches)
     for k in range(start, len(plan)):
         batch = batching.materialize(plan[k], data.train, data.user_histories, data.item_histories,
                                      max_len=cfg.max_len, drop_self=cfg.history_mode == "full_without_self",
