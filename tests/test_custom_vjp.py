@@ -1,7 +1,7 @@
 """Hand-written backward passes (custom VJPs) against autodiff of the plain implementations.
 
 Each custom-VJP scan in ``iarn_jax.models.recurrence`` keeps its plain implementation as the
-reference (``custom_vjp=False``); ``initializers.rows_matmul``'s reference is ``matmul``. Checked here, on random inputs with padding (empty, partial and
+reference (``custom_vjp=False``); ``initializers.rows_matmul``'s reference is ``matmul`` (``rows_affine``'s, ``matmul`` plus the bias). Checked here, on random inputs with padding (empty, partial and
 full sequences, left-aligned):
   * the forward outputs are bitwise equal to the reference's;
   * every gradient equals ``jax.grad`` of the reference to ~1e-5 relative (float32);
@@ -15,7 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from iarn_jax.models.initializers import broadcast_over_time, matmul, rows_matmul, sum_over_time
+from iarn_jax.models.initializers import (
+    broadcast_over_time,
+    matmul,
+    rows_affine,
+    rows_matmul,
+    sum_over_time,
+    sum_rows,
+)
 from iarn_jax.models.recurrence import (
     bidirectional_rnn_scan,
     masked_rnn_scan,
@@ -162,6 +169,43 @@ def test_rows_matmul_finite_differences_float64():
         assert x.dtype == jnp.float64
         _finite_difference_check(lambda x, k, w: jnp.sum(jnp.sin(w * rows_matmul(x, k))),
                                  (x, kernel, weights), (0, 1), seed=7)
+    assert jnp.ones(1).dtype == jnp.float32
+
+
+@pytest.mark.parametrize("shape", [(T, B, 4), (2, B, T, 4), (7, 4)])
+def test_rows_affine_matches_matmul_plus_bias(shape):
+    rng = np.random.default_rng(10)
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(4, 9)), jnp.float32)
+    bias = jnp.asarray(rng.normal(size=(9,)), jnp.float32)
+    weights = jnp.asarray(rng.normal(size=shape[:-1] + (9,)), jnp.float32)
+    plain = lambda x, k, b: matmul(x, k) + b  # noqa: E731
+    np.testing.assert_array_equal(np.asarray(rows_affine(x, kernel, bias)), np.asarray(plain(x, kernel, bias)))
+
+    def loss(fn):
+        return lambda x, k, b: jnp.sum(jnp.sin(weights * fn(x, k, b)))
+
+    fast = jax.jit(jax.grad(loss(rows_affine), argnums=(0, 1, 2)))(x, kernel, bias)
+    ref = jax.jit(jax.grad(loss(plain), argnums=(0, 1, 2)))(x, kernel, bias)
+    for got, want in zip(fast, ref):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        _assert_close_rel(got, want, 1e-5)
+    # the bias gradient is the cotangent summed over every row (hand-worked: a plain NumPy sum)
+    cotangent = np.asarray(weights) * np.cos(np.asarray(weights) * np.asarray(plain(x, kernel, bias)))
+    np.testing.assert_allclose(np.asarray(fast[2]), cotangent.reshape(-1, 9).sum(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(sum_rows(weights)), np.asarray(weights).reshape(-1, 9).sum(0),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_rows_affine_finite_differences_float64():
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(11)
+        x = jnp.asarray(rng.normal(size=(T, B, 4)))
+        kernel = jnp.asarray(rng.normal(size=(4, 9)))
+        bias = jnp.asarray(rng.normal(size=(9,)))
+        weights = jnp.asarray(rng.normal(size=(T, B, 9)))
+        _finite_difference_check(lambda x, k, b, w: jnp.sum(jnp.sin(w * rows_affine(x, k, b))),
+                                 (x, kernel, bias, weights), (0, 1, 2), seed=12)
     assert jnp.ones(1).dtype == jnp.float32
 
 

@@ -44,6 +44,7 @@ from iarn_jax.models.initializers import (
     kernel_init,
     matmul,
     resolve_dtype,
+    rows_affine,
     rows_matmul,
 )
 from iarn_jax.models.recurrence import (
@@ -153,8 +154,8 @@ class AttentionBiRNN(nn.Module):
         (wf, bf, uf, rbf), (wb, bb, ub, rbb) = (self.direction_params[d] for d in ("forward", "backward"))
         # Input projections hoisted out of the scan; the backward direction's inputs are reversed
         # before projecting (x is d wide, cheaper to flip than the A-wide projection).
-        proj_fwd = rows_matmul(x, wf, dtype) + (bf + rbf)  # [t, b, A]
-        proj_bwd_rev = rows_matmul(x[::-1], wb, dtype) + (bb + rbb)  # [t, b, A], reversed time
+        proj_fwd = rows_affine(x, wf, bf + rbf, dtype)  # [t, b, A]
+        proj_bwd_rev = rows_affine(x[::-1], wb, bb + rbb, dtype)  # [t, b, A], reversed time
         fwd, bwd_rev = bidirectional_rnn_scan(
             proj_fwd, proj_bwd_rev, mask, mask[::-1], uf, ub,
             activation=activation, compute_dtype=dtype, unroll=self.unroll, output_derivative=derivative,
@@ -212,7 +213,7 @@ class AttentionGate(nn.Module):
         M1 s_t (+ M0 x_t) + b [t, n, K] for all steps at once (row-wise: any leading layout)."""
         dtype = resolve_dtype(self.compute_dtype)
         m1 = self.fusion_kernel[: self.context_dim]
-        projected = rows_matmul(context, m1, dtype) + self.fusion_bias
+        projected = rows_affine(context, m1, self.fusion_bias, dtype)
         if self.step_dim:
             if step_inputs is None:
                 raise ValueError("this gate was built to read the step inputs; pass them")

@@ -111,6 +111,41 @@ _rows_matmul = jax.custom_vjp(_rows_matmul_primal, nondiff_argnums=(2,))
 _rows_matmul.defvjp(_rows_matmul_fwd, _rows_matmul_bwd)
 
 
+def sum_rows(x: jax.Array) -> jax.Array:
+    """x [..., n] summed over every leading dim -> [n], as ONE [1, rows] x [rows, n] matmul.
+
+    A bias gradient over all steps of a batch; XLA CPU lowers the reduction ``jnp.sum(x, axis=(0, 1))``
+    as a tree of reduce-windows that runs 2-5x slower than this matmul on [50, 512, 256].
+    """
+    rows = x.reshape(1, -1, x.shape[-1])[0]  # [rows, n]
+    return jnp.matmul(jnp.ones((1, rows.shape[0]), x.dtype), rows)[0]
+
+
+def rows_affine(x: jax.Array, kernel: jax.Array, bias: jax.Array, compute_dtype=jnp.float32) -> jax.Array:
+    """``rows_matmul(x, kernel, compute_dtype) + bias`` (x [..., k], kernel [k, n], bias [n]): the
+    same forward and input/kernel gradients, and the bias gradient as :func:`sum_rows` of the
+    cotangent instead of autodiff's reduction over all leading dims."""
+    return _rows_affine(x, kernel, bias, compute_dtype)
+
+
+def _rows_affine_primal(x, kernel, bias, compute_dtype):
+    return matmul(x, kernel, compute_dtype) + bias
+
+
+def _rows_affine_fwd(x, kernel, bias, compute_dtype):
+    return _rows_affine_primal(x, kernel, bias, compute_dtype), (x, kernel, bias)
+
+
+def _rows_affine_bwd(compute_dtype, residuals, dy):
+    x, kernel, bias = residuals
+    dx, dkernel = _rows_matmul_bwd(compute_dtype, (x, kernel), dy)
+    return dx, dkernel, sum_rows(dy).astype(bias.dtype)
+
+
+_rows_affine = jax.custom_vjp(_rows_affine_primal, nondiff_argnums=(3,))
+_rows_affine.defvjp(_rows_affine_fwd, _rows_affine_bwd)
+
+
 def sum_over_time(x: jax.Array) -> jax.Array:
     """x [t, ...] summed over the leading (time) axis -> [...], as a ones-vector matmul: XLA CPU runs a
     reduction over the leading axis of a large array ~70x slower (41 vs 0.6 ms for [50, 512, 256])."""

@@ -30,7 +30,7 @@ from iarn_jax.models.initializers import (
     kernel_init,
     matmul,
     resolve_dtype,
-    rows_matmul,
+    rows_affine,
 )
 
 CELLS = ("gated", "rnn", "lstm")
@@ -404,7 +404,7 @@ class RecurrentLayer(nn.Module):
     def project_inputs(self, x: jax.Array) -> jax.Array:
         """x [..., t, d] -> x W + b_W + b_U [..., t, G h], all steps in one matmul (outside the scan)."""
         dtype = resolve_dtype(self.compute_dtype)
-        return rows_matmul(x, self.input_kernel, dtype) + (self.input_bias + self.recurrent_bias)
+        return rows_affine(x, self.input_kernel, self.input_bias + self.recurrent_bias, dtype)
 
     def run(
         self, input_proj: jax.Array, mask: Optional[jax.Array], gates: Optional[jax.Array] = None
