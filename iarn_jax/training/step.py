@@ -7,6 +7,9 @@ are donated. The same code runs on one CPU, one GPU or many devices (and hosts).
 ``constants``: the model's non-trainable variable collections ({} or the ``"features"`` tables of
 ``iarn_jax.models.features.feature_variables``). Each step builder takes them once; they enter the
 compiled step as a (replicated) argument at every call, never as constants baked into the code.
+
+Every step is compiled with ``compile_options.step_compiler_options(mesh)`` (on CPU: XLA's own dots
+instead of YNNPACK fusions; none elsewhere).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from iarn_jax.training.compile_options import step_compiler_options
 from iarn_jax.training.objectives import weighted_mse  # noqa: F401  (re-exported)
 
 DATA_AXIS = "data"
@@ -115,6 +119,7 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, mesh: 
         in_shardings=(rep, shard, rep),
         out_shardings=(rep, rep),
         donate_argnums=(0,),
+        compiler_options=step_compiler_options(mesh),
     )
     return _with_constants(compiled, constants, mesh)
 
@@ -127,7 +132,8 @@ def make_eval_step(apply_fn: Callable, mesh: Mesh, constants: Optional[Constants
         return pred.astype(jnp.float32)
 
     rep = replicated(mesh)
-    compiled = jax.jit(eval_step, in_shardings=(rep, data_sharded(mesh), rep), out_shardings=rep)
+    compiled = jax.jit(eval_step, in_shardings=(rep, data_sharded(mesh), rep), out_shardings=rep,
+                       compiler_options=step_compiler_options(mesh))
     return _with_constants(compiled, constants, mesh)
 
 
@@ -152,7 +158,8 @@ def make_gate_stats_step(apply_fn: Callable, mesh: Mesh, low: float = 0.01, high
         return gate_statistics(batch, aux, low, high)
 
     rep = replicated(mesh)
-    compiled = jax.jit(stats, in_shardings=(rep, data_sharded(mesh), rep), out_shardings=rep)
+    compiled = jax.jit(stats, in_shardings=(rep, data_sharded(mesh), rep), out_shardings=rep,
+                       compiler_options=step_compiler_options(mesh))
     return _with_constants(compiled, constants, mesh)
 
 
@@ -166,7 +173,8 @@ def make_eval_with_gate_stats_step(apply_fn: Callable, mesh: Mesh, low: float = 
         return pred.astype(jnp.float32), gate_statistics(batch, aux, low, high)
 
     rep = replicated(mesh)
-    compiled = jax.jit(eval_step, in_shardings=(rep, data_sharded(mesh), rep), out_shardings=(rep, rep))
+    compiled = jax.jit(eval_step, in_shardings=(rep, data_sharded(mesh), rep), out_shardings=(rep, rep),
+                       compiler_options=step_compiler_options(mesh))
     return _with_constants(compiled, constants, mesh)
 
 
@@ -180,7 +188,8 @@ def make_negative_eval_step(score_fn: Callable, mesh: Mesh, constants: Optional[
         return positive.astype(jnp.float32), negative.astype(jnp.float32)
 
     rep = replicated(mesh)
-    compiled = jax.jit(eval_step, in_shardings=(rep, data_sharded(mesh), rep), out_shardings=rep)
+    compiled = jax.jit(eval_step, in_shardings=(rep, data_sharded(mesh), rep), out_shardings=rep,
+                       compiler_options=step_compiler_options(mesh))
     return _with_constants(compiled, constants, mesh)
 
 
