@@ -26,6 +26,8 @@ def test_cpu_steps_get_the_cpu_options(monkeypatch):
     assert compile_options.options_supported(jax.devices("cpu")[0], tuple(sorted(compile_options.CPU_OPTIONS.items()))), (
         "this jaxlib's XLA rejects the CPU step options; update compile_options.CPU_OPTIONS")
     assert compile_options.step_compiler_options(mesh) == compile_options.CPU_OPTIONS
+    if jax.default_backend() == "cpu":  # the scorer's programs: JAX's first device
+        assert compile_options.compiler_options_for() == compile_options.CPU_OPTIONS
 
 
 @pytest.mark.parametrize("value", ["1", "yes"])

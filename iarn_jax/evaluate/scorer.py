@@ -48,6 +48,7 @@ from iarn_jax.data import batching
 from iarn_jax.data.histories import Histories
 from iarn_jax.data.recency import ItemRecency
 from iarn_jax.models.iarn import IARN, SideEncoding, concatenate_encodings, model_variables
+from iarn_jax.training.compile_options import compiler_options_for
 
 
 def _pow2_floor(x: int) -> int:
@@ -147,9 +148,11 @@ class RankingScorer:
         self.fast = not self.config.interacting  # pair-independent states: matrix-product path
         self._position = np.full(item_histories.n_entities, -1, dtype=np.int64)
         self._position[self.items] = np.arange(self.items.size)
-        self._encode = {side: jax.jit(self._encode_fn(side)) for side in ("user", "item")}
-        self._represent = {side: jax.jit(self._represent_fn(side)) for side in ("user", "item")}
-        self._score_bucket = jax.jit(self._score_bucket_fn, static_argnums=(2,))
+        options = compiler_options_for()
+        self._encode = {side: jax.jit(self._encode_fn(side), compiler_options=options) for side in ("user", "item")}
+        self._represent = {side: jax.jit(self._represent_fn(side), compiler_options=options)
+                           for side in ("user", "item")}
+        self._score_bucket = jax.jit(self._score_bucket_fn, static_argnums=(2,), compiler_options=options)
         self._compiled: set = set()
         t0 = time.perf_counter()
         if self.fast:

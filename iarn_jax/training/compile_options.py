@@ -10,7 +10,7 @@ noise. Numbers equal the default's to float rounding.
 
 ``IARN_JAX_CPU_YNN=1`` keeps XLA's default. An XLA that no longer knows the option gets none
 (checked once per platform by compiling a trivial function), so a jaxlib upgrade cannot break the
-steps. GPU / TPU steps get no options.
+steps. GPU / TPU steps get no options. The scorer (``evaluate.scorer``) compiles with the same options.
 """
 from __future__ import annotations
 
@@ -37,11 +37,17 @@ def options_supported(device: jax.Device, options: tuple) -> bool:
     return True
 
 
-def step_compiler_options(mesh: Mesh) -> Optional[dict]:
-    """The compile options for a step jit-compiled on ``mesh`` (None: XLA's defaults)."""
-    device = mesh.devices.flat[0]
+def compiler_options_for(device: Optional[jax.Device] = None) -> Optional[dict]:
+    """The compile options for a program jit-compiled for ``device`` (default: JAX's first device);
+    None: XLA's defaults."""
+    device = jax.devices()[0] if device is None else device
     if device.platform != "cpu" or os.environ.get(OPT_OUT_VARIABLE, "0") not in ("0", ""):
         return None
     if not options_supported(device, tuple(sorted(CPU_OPTIONS.items()))):
         return None
     return dict(CPU_OPTIONS)
+
+
+def step_compiler_options(mesh: Mesh) -> Optional[dict]:
+    """The compile options for a step jit-compiled on ``mesh`` (None: XLA's defaults)."""
+    return compiler_options_for(mesh.devices.flat[0])
