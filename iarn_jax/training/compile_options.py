@@ -9,7 +9,7 @@ Measured on this project's 2-core host (BUILD_NOTES, issue 12, session 19): the 
 noise. Numbers equal the default's to float rounding.
 
 ``IARN_JAX_CPU_YNN=1`` keeps XLA's default. An XLA that no longer knows the option gets none
-(checked once per platform by compiling a trivial function), so a jaxlib upgrade cannot break the
+(checked once per device by compiling a trivial function), so a jaxlib upgrade cannot break the
 steps. GPU / TPU steps get no options. The scorer (``evaluate.scorer``) compiles with the same options.
 """
 from __future__ import annotations
