@@ -26,8 +26,9 @@ class TrainConfig:
       test pair sees it) or "causal" (a training pair sees only earlier steps).
     max_len: keep only the most recent max_len steps of each history (None = all).
     rare_shape_batches: a (user, item) length bucket with fewer training batches than this per epoch is
-      padded to coarse lengths (powers of 4 from 16) so the rare buckets share a few compiled train-step
-      shapes (same pairs, same batches; 0 = every bucket its own shape). Clothing: 35 -> 21 shapes,
+      padded to coarse lengths (16 / 64 / 256, then multiples of 256: ``batching.coarse_length``) so the
+      rare buckets share a few compiled train-step shapes (same pairs, same batches; 0 = every bucket its
+      own shape). Clothing: 35 -> 19 shapes,
       each ~7 s of XLA compilation on 2 cores (issue 12, BUILD_NOTES).
     eval_every: steps between validation evaluations (0 = once per epoch).
     bias_init: with a model that has bias terms, "baseline" starts the per-user

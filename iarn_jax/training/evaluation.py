@@ -26,11 +26,16 @@ def predict_pairs(
 ) -> np.ndarray:
     """Predictions [N] for every pair of a PairSet, in the PairSet's order."""
     out = np.zeros(len(pairs.user), np.float32)
-    for idx, batch in eval_batches(pairs, data, config, n_devices=mesh.devices.size):
-        pred = np.asarray(jax.device_get(eval_step(params, put_batch(local_rows(batch), mesh))))
+    for idx, pred in _eval_outputs(eval_step, params, pairs, data, config, mesh):
         valid = idx >= 0
-        out[idx[valid]] = pred[valid]
+        out[idx[valid]] = np.asarray(pred)[valid]
     return out
+
+
+def _eval_outputs(step: Callable, params: Any, pairs: Any, data: PreparedData, config: TrainConfig, mesh):
+    """(row indices [B] into ``pairs``, -1 for padding; ``step``'s outputs on the host) per eval batch."""
+    for idx, batch in eval_batches(pairs, data, config, n_devices=mesh.devices.size):
+        yield idx, jax.device_get(step(params, put_batch(local_rows(batch), mesh)))
 
 
 def predict_pairs_with_gate_stats(
@@ -41,8 +46,7 @@ def predict_pairs_with_gate_stats(
     saturated (< 0.01 or > 0.99 by default), per side."""
     out = np.zeros(len(pairs.user), np.float32)
     totals = np.zeros((2, 2))
-    for idx, batch in eval_batches(pairs, data, config, n_devices=mesh.devices.size):
-        pred, stats = jax.device_get(step(params, put_batch(local_rows(batch), mesh)))
+    for idx, (pred, stats) in _eval_outputs(step, params, pairs, data, config, mesh):
         valid = idx >= 0
         out[idx[valid]] = np.asarray(pred)[valid]
         totals += np.asarray(stats)
@@ -86,8 +90,8 @@ def gate_saturation(stats_step: Callable, params: Any, pairs: Any, data: Prepare
                     mesh) -> dict:
     """Share of valid history steps whose gate is < 0.01 or > 0.99, per side, over ``pairs``."""
     totals = np.zeros((2, 2))
-    for _, batch in eval_batches(pairs, data, cfg, n_devices=mesh.devices.size):
-        totals += np.asarray(jax.device_get(stats_step(params, put_batch(local_rows(batch), mesh))))
+    for _, stats in _eval_outputs(stats_step, params, pairs, data, cfg, mesh):
+        totals += np.asarray(stats)
     return _saturation_shares(totals)
 
 
@@ -118,21 +122,26 @@ class Validator:
         """{"rmse": val RMSE (rating objectives), "auc": sampled val AUC (with negatives)}."""
         out = {}
         if self.rates:
-            pred = predict_pairs(self.eval_step, params, self.data.val, self.data, self.cfg, self.mesh)
-            out["rmse"] = rating_metrics(pred, self.data.val.rating, self.data.split.rating_scale)["rmse"]
+            out["rmse"] = self._val_rating_metrics(params)["rmse"]
         if self.neg_eval_step is not None:
-            positive, negative = score_pairs_with_negatives(self.neg_eval_step, params, self.data.val,
-                                                            self.val_negatives, self.data, self.cfg, self.mesh)
-            out["auc"] = sampled_auc(positive, negative)
+            out["auc"] = self._sampled_val_auc(params)
         return out
+
+    def _val_rating_metrics(self, params: Any) -> dict:
+        pred = predict_pairs(self.eval_step, params, self.data.val, self.data, self.cfg, self.mesh)
+        return rating_metrics(pred, self.data.val.rating, self.data.split.rating_scale)
+
+    def _sampled_val_auc(self, params: Any) -> float:
+        positive, negative = score_pairs_with_negatives(self.neg_eval_step, params, self.data.val,
+                                                        self.val_negatives, self.data, self.cfg, self.mesh)
+        return sampled_auc(positive, negative)
 
     def final_metrics(self, params: Any) -> dict:
         """Test / val RMSE and MAE of ``params`` (clipped), the sampled val AUC when measured and, for
         gated models, the share of saturated gates on the test pairs (``{side}_gates_saturated``)."""
         data, scale = self.data, self.data.split.rating_scale
-        validation = self.metrics(params)
-        val = rating_metrics(predict_pairs(self.eval_step, params, data.val, data, self.cfg, self.mesh),
-                             data.val.rating, scale)
+        val = self._val_rating_metrics(params)  # the validation pairs are predicted once
+        sampled = {"val_auc_sampled": self._sampled_val_auc(params)} if self.neg_eval_step is not None else {}
         saturation = {}
         if self.model.config.gated:  # a tower whose gates all sit at 0 or 1 is visible at once
             step = make_eval_with_gate_stats_step(make_apply_fn(self.model), self.mesh, constants=self.constants)
@@ -140,8 +149,7 @@ class Validator:
         else:
             test_pred = predict_pairs(self.eval_step, params, data.test, data, self.cfg, self.mesh)
         test = rating_metrics(test_pred, data.test.rating, scale)
-        return {"test_rmse": test["rmse"], "test_mae": test["mae"], "val_rmse": val["rmse"],
-                **({"val_auc_sampled": validation["auc"]} if "auc" in validation else {}), **saturation}
+        return {"test_rmse": test["rmse"], "test_mae": test["mae"], "val_rmse": val["rmse"], **sampled, **saturation}
 
 
 def make_validator(model: IARN, data: PreparedData, cfg: TrainConfig, mesh,
