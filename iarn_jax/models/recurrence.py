@@ -234,6 +234,11 @@ def _shift_in_time(outputs: jax.Array) -> jax.Array:
     return jnp.concatenate([jnp.zeros_like(outputs[:1]), outputs[:-1]], axis=0)
 
 
+def _shift_back_in_time(values: jax.Array) -> jax.Array:
+    """[t, b, ...] -> the next step's values (zeros at the last step)."""
+    return jnp.concatenate([values[1:], jnp.zeros_like(values[:1])], axis=0)
+
+
 def _time_contract(a: jax.Array, b: jax.Array, compute_dtype) -> jax.Array:
     """sum_t a_t^T b_t for a [t, n, p], b [t, n, q] -> [p, q].
 
@@ -266,30 +271,31 @@ def _birnn_bwd(activation, output_derivative, compute_dtype, unroll, residuals, 
         dpre_t = m_t act'(pre_t) (dout_t + dpre_{t+1} U^T),  dp_t = dpre_t,
         dU = sum_t o_{t-1}^T dpre_t,
 
-    with act'(pre_t) = output_derivative(o_t). The reverse scan carries only dpre_{t+1} U^T; dU is
-    one matmul over all t*b rows after it.
+    with act'(pre_t) = output_derivative(o_t), read off each step's output inside the reverse scan,
+    which carries only dpre_{t+1} U^T; dU = sum_t o_t^T dpre_{t+1} is one contraction after it.
     """
     del activation
     (out_f, out_b), mask, mask_reversed, kernel_forward, kernel_backward = residuals
     dout_f, dout_b = cotangents
-    dact_f = jnp.where(mask[..., None], output_derivative(out_f), 0.0)
-    dact_b = jnp.where(mask_reversed[..., None], output_derivative(out_b), 0.0)
     kf_t = cast_for_matmul(kernel_forward, compute_dtype).T
     kb_t = cast_for_matmul(kernel_backward, compute_dtype).T
 
+    # act' is taken from each step's output inside the loop, and dU pairs o_t with dpre_{t+1}
+    # (dpre shifted after the loop), so nothing [t, b, A] is derived from the forward outputs alone:
+    # XLA would schedule such arrays into the forward pass and keep them live across it.
     def step(carry, inputs):
         cf, cb = carry  # dpre_{t+1} U^T of each direction
-        gf, gb, af, ab = inputs
-        df = (gf + cf) * af
-        db = (gb + cb) * ab
+        gf, gb, of, ob, mf, mb = inputs
+        df = (gf + cf) * jnp.where(mf[:, None], output_derivative(of), 0.0)
+        db = (gb + cb) * jnp.where(mb[:, None], output_derivative(ob), 0.0)
         return (matmul(df, kf_t, compute_dtype), matmul(db, kb_t, compute_dtype)), (df, db)
 
     zeros = jnp.zeros(out_f.shape[1:], out_f.dtype)
     _, (dpre_f, dpre_b) = jax.lax.scan(
-        step, (zeros, zeros), (dout_f, dout_b, dact_f, dact_b), reverse=True, unroll=unroll,
+        step, (zeros, zeros), (dout_f, dout_b, out_f, out_b, mask, mask_reversed), reverse=True, unroll=unroll,
     )
-    du_f = _time_contract(_shift_in_time(out_f), dpre_f, compute_dtype).astype(kernel_forward.dtype)
-    du_b = _time_contract(_shift_in_time(out_b), dpre_b, compute_dtype).astype(kernel_backward.dtype)
+    du_f = _time_contract(out_f, _shift_back_in_time(dpre_f), compute_dtype).astype(kernel_forward.dtype)
+    du_b = _time_contract(out_b, _shift_back_in_time(dpre_b), compute_dtype).astype(kernel_backward.dtype)
     return dpre_f, dpre_b, None, None, du_f, du_b
 
 
