@@ -15,6 +15,8 @@ Measured (all in this one process, so ratios are comparable on a noisy shared ma
 * matmul GFLOP/s of a large square matmul in the compute dtype (jit, median; 2048 on CPU, 8192 on
   an accelerator unless ``--matmul_size``);
 * efficiency = achieved train FLOP/s / matmul FLOP/s (at every batch size);
+* the process's user and system CPU milliseconds per train step (medians; where ``getrusage``
+  exists): the step's own work and what the kernel added, so a slow run can be told from a slow host;
 * the ranking objective's train step (BPR, ``--n_negatives`` sampled negatives per positive, the
   user side encoded once and shared): positives/s and scored pairs/s beside the rating step;
 * scorer pairs/s: one user against ``--score_candidates`` candidate items through
@@ -34,14 +36,34 @@ from typing import Optional, Sequence
 import numpy as np
 
 
-def _median_rate(fn, count: int, repeats: int) -> float:
-    """Median over ``repeats`` of count / seconds(fn()); fn must block until done."""
-    rates = []
+def _process_cpu_seconds() -> Optional[tuple[float, float]]:
+    """(user, system) CPU seconds of this process so far, all threads; None without ``getrusage``."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
+
+
+def _timed_runs(fn, count: int, repeats: int) -> list[tuple[float, Optional[float], Optional[float]]]:
+    """``repeats`` x (count / wall seconds, user CPU seconds, system CPU seconds) of ``fn()``, which
+    must block until done (CPU seconds None where the process's CPU time is not available)."""
+    runs = []
     for _ in range(repeats):
+        cpu0 = _process_cpu_seconds()
         t0 = time.perf_counter()
         fn()
-        rates.append(count / (time.perf_counter() - t0))
-    return float(statistics.median(rates))
+        seconds = time.perf_counter() - t0
+        cpu1 = _process_cpu_seconds()
+        user, system = (None, None) if cpu0 is None or cpu1 is None else (cpu1[0] - cpu0[0], cpu1[1] - cpu0[1])
+        runs.append((count / seconds, user, system))
+    return runs
+
+
+def _median_rate(fn, count: int, repeats: int) -> float:
+    """Median over ``repeats`` of count / seconds(fn()); fn must block until done."""
+    return float(statistics.median(rate for rate, _, _ in _timed_runs(fn, count, repeats)))
 
 
 def random_batch(rng: np.random.Generator, batch_size: int, history_len: int, n_users: int, n_items: int,
@@ -117,6 +139,17 @@ def train_step_rate(config, batch_size: int, history_len: int, *, steps: int = 5
                     n_negatives: int = 4) -> float:
     """Median train examples/s (positives/s for objectives with sampled negatives) of the jit train
     step (after compilation)."""
+    return train_step_timing(config, batch_size, history_len, steps=steps, repeats=repeats, devices=devices,
+                             seed=seed, objective=objective, n_negatives=n_negatives)["rate"]
+
+
+def train_step_timing(config, batch_size: int, history_len: int, *, steps: int = 5, repeats: int = 5,
+                      devices: Optional[list] = None, seed: int = 0, objective: str = "rating",
+                      n_negatives: int = 4) -> dict:
+    """``rate``: :func:`train_step_rate`; ``user_ms`` / ``system_ms``: the process's user and system
+    CPU milliseconds per step, medians over the timed runs (absent without ``getrusage``). The user
+    time is the step's own work; system time is the kernel's (page faults on the step's fresh
+    temporaries, thread wake-ups), which a busy virtual-machine host can inflate many times over."""
     import jax
 
     from iarn_jax.models.iarn import IARN
@@ -148,7 +181,12 @@ def train_step_rate(config, batch_size: int, history_len: int, *, steps: int = 5
         holder["state"] = s
 
     run(2)  # compile + warm up
-    return _median_rate(run, steps * batch_size, repeats)
+    runs = _timed_runs(run, steps * batch_size, repeats)
+    timing = {"rate": float(statistics.median(rate for rate, _, _ in runs))}
+    if runs[0][1] is not None:
+        timing["user_ms"] = 1e3 * statistics.median(user for _, user, _ in runs) / steps
+        timing["system_ms"] = 1e3 * statistics.median(system for _, _, system in runs) / steps
+    return timing
 
 
 def score_rate(config, n_candidates: int, history_len: int, *, repeats: int = 5, seed: int = 0) -> float:
@@ -209,8 +247,12 @@ def run_speed(*, batch_sizes: Sequence[int] = (64, 512), history_len: int = 50, 
         "matmul_precision": str(jax.config.jax_default_matmul_precision),
     }
     for b in batch_sizes:
-        rate = train_step_rate(config, b, history_len, steps=steps, repeats=repeats)
+        timing = train_step_timing(config, b, history_len, steps=steps, repeats=repeats)
+        rate = timing["rate"]
         out[f"train_examples_per_second_b{b}"] = rate
+        if "user_ms" in timing:  # CPU time per step: what the step costs vs what the host added
+            out[f"train_cpu_user_ms_per_step_b{b}"] = timing["user_ms"]
+            out[f"train_cpu_system_ms_per_step_b{b}"] = timing["system_ms"]
         out[f"train_gflops_b{b}"] = rate * flops / 1e9
         out[f"efficiency_b{b}"] = rate * flops / (gflops * 1e9)
     for b in ranking_batch_sizes:

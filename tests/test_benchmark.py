@@ -5,6 +5,8 @@ import json
 import pathlib
 import subprocess
 import sys
+import time
+import types
 
 import pytest
 
@@ -34,6 +36,39 @@ def test_benchmark_json_has_the_keys_and_consistent_values():
     for b in (64, 512):
         achieved = result[f"train_examples_per_second_b{b}"] * result["flops_per_example"]
         assert result[f"efficiency_b{b}"] == pytest.approx(achieved / (result["matmul_gflops"] * 1e9), rel=1e-6)
+        if sys.platform != "win32":  # CPU time per step from getrusage
+            assert result[f"train_cpu_user_ms_per_step_b{b}"] > 0
+            assert result[f"train_cpu_system_ms_per_step_b{b}"] >= 0
+
+
+def test_timed_runs_report_each_runs_rate_and_cpu_seconds(monkeypatch):
+    clock = {"wall": 0.0, "user": 10.0, "system": 1.0}
+    monkeypatch.setattr(benchmark, "time", types.SimpleNamespace(perf_counter=lambda: clock["wall"]))
+    monkeypatch.setattr(benchmark, "_process_cpu_seconds", lambda: (clock["user"], clock["system"]))
+    costs = iter([(0.5, 0.75, 0.0), (0.25, 0.25, 0.125)])  # (wall, user, system) seconds of each run
+
+    def run():
+        wall, user, system = next(costs)
+        clock["wall"] += wall
+        clock["user"] += user
+        clock["system"] += system
+
+    assert benchmark._timed_runs(run, 10, 2) == [(20.0, 0.75, 0.0), (40.0, 0.25, 0.125)]
+    monkeypatch.setattr(benchmark, "_process_cpu_seconds", lambda: None)
+    costs = iter([(0.5, 0.0, 0.0)])
+    assert benchmark._timed_runs(run, 10, 1) == [(20.0, None, None)]
+
+
+def test_process_cpu_seconds_count_this_process_work():
+    if sys.platform == "win32":
+        assert benchmark._process_cpu_seconds() is None
+        return
+    user0, system0 = benchmark._process_cpu_seconds()
+    end = time.process_time() + 0.2
+    while time.process_time() < end:  # 0.2 s of this process's CPU
+        pass
+    user1, system1 = benchmark._process_cpu_seconds()
+    assert (user1 - user0) + (system1 - system0) >= 0.15
 
 
 def test_ranking_benchmark_batch_follows_the_negative_spec():
