@@ -1,7 +1,8 @@
 """Back XLA CPU's per-step temporaries with transparent huge pages (glibc's ``hugetlb`` tunable).
 
 XLA CPU allocates a step's whole temporary buffer on every execution (268 MB at batch 512 for
-the default IARN); glibc serves it by ``mmap`` from a worker thread's arena and ``munmap``s it
+the default IARN when this was measured, 207 MiB with the memory-optimised schedule of
+``iarn_jax.training.compile_options``); glibc serves it by ``mmap`` from a worker thread's arena and ``munmap``s it
 after the step, so every step faults all of those pages in again: about 65,000 minor faults and
 0.2 s of system time per batch-512 step on a 2-core VM (BUILD_NOTES, "Issue 12"). With
 ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (glibc >= 2.35) malloc asks for transparent huge pages
