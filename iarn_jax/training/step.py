@@ -9,7 +9,7 @@ are donated. The same code runs on one CPU, one GPU or many devices (and hosts).
 compiled step as a (replicated) argument at every call, never as constants baked into the code.
 
 Every step is compiled with ``compile_options.step_compiler_options(mesh)`` (on CPU: XLA's own dots
-instead of YNNPACK fusions; none elsewhere).
+instead of YNNPACK fusions and the memory-optimised scheduler; none elsewhere).
 """
 from __future__ import annotations
 
