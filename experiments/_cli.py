@@ -89,10 +89,12 @@ def parse_flags(argv: list[str]) -> list[str]:
 def run_main(main: Callable) -> None:
     """Use instead of ``app.run(main)`` in a launcher's ``__main__`` block.
 
-    First re-executes the process once with glibc's huge-page tunable where it applies
-    (``experiments._host_memory``; ``IARN_HOST_MALLOC=default`` switches that off).
+    First re-executes the process once with glibc's malloc tunables where they apply, and runs CPU
+    steps on the calling thread, so a step's temporaries stay in memory between steps
+    (``experiments._host_memory``; ``IARN_HOST_MALLOC=default`` switches both off).
     """
-    _host_memory.reexec_with_huge_pages()
+    _host_memory.reexec_with_malloc_tunables()
+    _host_memory.run_cpu_steps_inline()
     app.run(guarded(main), flags_parser=parse_flags)
 
 
