@@ -11,7 +11,7 @@ import pathlib
 
 import pytest
 
-# Launchers run in subprocesses would re-execute themselves once for glibc's huge-page tunable
+# Launchers run in subprocesses would re-execute themselves once for glibc's malloc tunables
 # (experiments/_host_memory.py): a second JAX import per launch, no speed a test needs. Off here;
 # tests/test_host_memory.py turns it back on where it checks it.
 os.environ.setdefault("IARN_HOST_MALLOC", "default")
